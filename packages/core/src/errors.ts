@@ -1,0 +1,69 @@
+/** Base class of every error that search-outbox raises on purpose. */
+export class SearchOutboxError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/**
+ * An input from outside (a query, an option, an id, a payload) is invalid.
+ * `path` names the input and `value` holds what was given.
+ */
+export class ValidationError extends SearchOutboxError {
+  readonly path: string;
+  readonly value: unknown;
+
+  constructor(path: string, value: unknown, rule: string, options?: { cause?: unknown }) {
+    super(`Invalid ${path}: ${describeValue(value)} ${rule}`, options);
+    this.path = path;
+    this.value = value;
+  }
+}
+
+/** An object type that no search index declares. */
+export class UnknownObjectTypeError extends ValidationError {
+  constructor(path: string, objectType: unknown, known: readonly string[]) {
+    const list = known.length > 10 ? `${known.slice(0, 10).join(', ')}, ...` : known.join(', ');
+    super(path, objectType, `is not a declared object type; declared types are: ${list || '(none)'}`);
+  }
+}
+
+/** A search index declaration is invalid; `index` and `field` name where. */
+export class IndexDeclarationError extends SearchOutboxError {
+  readonly index: string;
+  readonly field: string | undefined;
+
+  constructor(index: string, field: string | undefined, problem: string) {
+    const where = field === undefined ? `search index "${index}"` : `search index "${index}", field "${field}"`;
+    super(`Invalid ${where}: ${problem}`);
+    this.index = index;
+    this.field = field;
+  }
+}
+
+/** The database schema cannot be migrated, or is newer than this code. */
+export class MigrationError extends SearchOutboxError {}
+
+/** Formats a value for an error message, cutting long strings so messages stay readable. */
+export function describeValue(value: unknown): string {
+  if (typeof value === 'string') {
+    const shown = value.length > 80 ? `${value.slice(0, 80)}... (${value.length} characters)` : value;
+    return JSON.stringify(shown);
+  }
+  if (typeof value === 'bigint') return `${value}n`;
+  if (value === undefined) return 'undefined';
+  try {
+    const json = JSON.stringify(value);
+    if (json === undefined) return String(value);
+    return json.length > 80 ? `${json.slice(0, 80)}...` : json;
+  } catch {
+    return String(value);
+  }
+}
+
+/** Returns the message of any thrown value, Error or not. */
+export function errorMessage(error: unknown): string {
+  if (error instanceof Error) return error.message;
+  return typeof error === 'string' ? error : describeValue(error);
+}

