@@ -1,0 +1,442 @@
+import { sql, type Kysely, type Transaction } from 'kysely';
+import { ValidationError, errorMessage } from './errors.js';
+import { table } from './identifiers.js';
+import type { IndexRegistry } from './indexes.js';
+import type { Logger } from './logger.js';
+import { CACHE_TABLE, OUTBOX_TABLE } from './migrations.js';
+import { lockObjects, objectKeyString, replaceObjects, type ObjectKey } from './replace-objects.js';
+
+/** Settings of failure handling, fixed for one outbox instance. */
+export interface RetrySettings {
+  /** Attempts before an object's rows are parked as dead. Integer from 1 to 100. Default: 5. */
+  readonly maxAttempts?: number;
+  /** Delay before the second attempt, in milliseconds; it doubles with each attempt. Default: 10000. */
+  readonly backoffBaseMs?: number;
+  /** Longest delay between attempts, in milliseconds. Default: 900000 (15 minutes). */
+  readonly backoffMaxMs?: number;
+}
+
+export interface DrainOptions {
+  /** Outbox rows claimed per batch. Integer from 1 to 10000. Default: 500. */
+  readonly batchSize?: number;
+  /** Stop starting batches after this many milliseconds. Default: no limit. */
+  readonly timeBudgetMs?: number;
+  /** Stop starting batches near this moment (milliseconds since the epoch), such as a Lambda deadline. */
+  readonly deadline?: number;
+  /** Stop after this many batches. Default: no limit. */
+  readonly maxBatches?: number;
+  /** Drain only the rows written by these transactions (`pg_current_xact_id()` as text). Default: all rows. */
+  readonly transactionIds?: readonly string[];
+  /** Called after every batch with the running totals. */
+  readonly onProgress?: (progress: DrainProgress) => void;
+  /** Stops the drain between batches when aborted. */
+  readonly signal?: AbortSignal;
+}
+
+/** Running totals of a drain. */
+export interface DrainProgress {
+  /** Batches run. */
+  readonly batches: number;
+  /** Outbox rows claimed. */
+  readonly claimed: number;
+  /** Distinct objects claimed; fewer than `claimed` when marks coalesced. */
+  readonly objects: number;
+  /** Objects whose cache rows were rebuilt and that have at least one row. */
+  readonly rebuilt: number;
+  /** Objects left with no cache rows: deleted, no longer matching their index, or with no non-empty field. */
+  readonly removed: number;
+  /** Objects whose rebuild failed; their rows wait for another attempt or became dead. */
+  readonly failed: number;
+  /** Objects whose rows were parked as dead in this drain. */
+  readonly dead: number;
+  /** Objects whose rows were retired without a rebuild: their schema, table or object type is gone. */
+  readonly skipped: number;
+}
+
+export interface DrainSummary extends DrainProgress {
+  /** Pending outbox rows left when the drain stopped, including rows waiting for a retry. */
+  readonly remaining: number;
+  readonly durationMs: number;
+  /** Why the drain stopped. */
+  readonly stoppedBy: 'empty' | 'deadline' | 'maxBatches' | 'aborted';
+}
+
+interface ClaimedRow {
+  readonly id: string;
+  readonly target_schema: string;
+  readonly object_type: string;
+  readonly object_id: string;
+}
+
+interface ClaimedObject extends ObjectKey {
+  readonly outboxIds: string[];
+}
+
+interface BatchResult {
+  readonly claimed: number;
+  readonly objects: number;
+  readonly rebuilt: number;
+  readonly removed: number;
+  readonly failed: number;
+  readonly dead: number;
+  readonly skipped: number;
+}
+
+export const DEFAULT_BATCH_SIZE = 500;
+const MAX_BATCH_SIZE = 10_000;
+/** Time kept free before a deadline when no batch has been timed yet, in milliseconds. */
+const MIN_DEADLINE_MARGIN_MS = 1_000;
+
+/**
+ * SQLSTATE classes after which the transaction or the connection is unusable,
+ * so retrying object by object inside it is pointless: 08 connection
+ * exception, 40 transaction rollback, 53 insufficient resources, 57
+ * operator intervention (except 57014, a statement timeout, which one object
+ * can cause), 58 system error, XX internal error.
+ */
+const FATAL_SQLSTATE_CLASSES = new Set(['08', '40', '53', '57', '58', 'XX']);
+
+export class Drainer {
+  readonly #db: Kysely<any>;
+  readonly #outboxSchema: string;
+  readonly #registry: IndexRegistry;
+  readonly #logger: Logger;
+  readonly #maxAttempts: number;
+  readonly #backoffBaseMs: number;
+  readonly #backoffMaxMs: number;
+
+  constructor(db: Kysely<any>, outboxSchema: string, registry: IndexRegistry, logger: Logger, retry: RetrySettings) {
+    this.#db = db;
+    this.#outboxSchema = outboxSchema;
+    this.#registry = registry;
+    this.#logger = logger;
+    this.#maxAttempts = validateInteger('maxAttempts', retry.maxAttempts ?? 5, 1, 100);
+    this.#backoffBaseMs = validateInteger('backoffBaseMs', retry.backoffBaseMs ?? 10_000, 0, 86_400_000);
+    this.#backoffMaxMs = validateInteger('backoffMaxMs', retry.backoffMaxMs ?? 900_000, 0, 604_800_000);
+  }
+
+  /**
+   * Claims pending outbox rows batch by batch, rebuilds the cache rows of the
+   * objects they name and retires exactly the claimed rows, until no row is
+   * left, the time budget runs low or `maxBatches` is reached.
+   */
+  async drain(options: DrainOptions = {}): Promise<DrainSummary> {
+    const batchSize = validateInteger('batchSize', options.batchSize ?? DEFAULT_BATCH_SIZE, 1, MAX_BATCH_SIZE);
+    const maxBatches =
+      options.maxBatches === undefined ? Infinity : validateInteger('maxBatches', options.maxBatches, 1, 1e9);
+    const started = Date.now();
+    const deadline = resolveDeadline(started, options);
+    const transactionIds = validateTransactionIds(options.transactionIds);
+
+    const totals = { batches: 0, claimed: 0, objects: 0, rebuilt: 0, removed: 0, failed: 0, dead: 0, skipped: 0 };
+    let slowestBatchMs = 0;
+    let stoppedBy: DrainSummary['stoppedBy'] = 'empty';
+
+    for (;;) {
+      if (options.signal?.aborted === true) {
+        stoppedBy = 'aborted';
+        break;
+      }
+      if (totals.batches >= maxBatches) {
+        stoppedBy = 'maxBatches';
+        break;
+      }
+      // Start a batch only when the slowest one so far would still finish
+      // before the deadline, with a margin for the commit and the summary.
+      if (Date.now() + Math.max(slowestBatchMs * 1.5, MIN_DEADLINE_MARGIN_MS) > deadline) {
+        stoppedBy = 'deadline';
+        break;
+      }
+
+      const batchStarted = Date.now();
+      const batch = await this.#runBatch(batchSize, transactionIds);
+      slowestBatchMs = Math.max(slowestBatchMs, Date.now() - batchStarted);
+      if (batch.claimed === 0) break;
+
+      totals.batches += 1;
+      totals.claimed += batch.claimed;
+      totals.objects += batch.objects;
+      totals.rebuilt += batch.rebuilt;
+      totals.removed += batch.removed;
+      totals.failed += batch.failed;
+      totals.dead += batch.dead;
+      totals.skipped += batch.skipped;
+      this.#logger.debug('drained batch', { ...batch, durationMs: Date.now() - batchStarted });
+      options.onProgress?.({ ...totals });
+      if (batch.claimed < batchSize) break;
+    }
+
+    const remaining = await this.#countPending(transactionIds);
+    const summary: DrainSummary = { ...totals, remaining, durationMs: Date.now() - started, stoppedBy };
+    if (summary.claimed > 0 || summary.remaining > 0) this.#logger.info('drain finished', { ...summary });
+    return summary;
+  }
+
+  async #runBatch(batchSize: number, transactionIds: readonly string[] | null): Promise<BatchResult> {
+    return this.#db.transaction().execute(async (trx) => {
+      const rows = await this.#claim(trx, batchSize, transactionIds);
+      if (rows.length === 0) return emptyBatch();
+
+      const objects = groupByObject(rows);
+      const { runnable, skipped } = await this.#partitionRunnable(trx, objects);
+      await lockObjects(trx, runnable);
+
+      const rebuiltKeys = new Map<string, number>();
+      const failures: { object: ClaimedObject; error: unknown }[] = [];
+      for (const [schema, schemaObjects] of groupBySchema(runnable)) {
+        await this.#rebuildIsolated(trx, schema, schemaObjects, rebuiltKeys, failures);
+      }
+      const deadCount = await this.#recordFailures(trx, failures);
+
+      const failedIds = new Set(failures.flatMap((failure) => failure.object.outboxIds));
+      const retiredIds = rows.map((row) => row.id).filter((id) => !failedIds.has(id));
+      await sql`DELETE FROM ${table(this.#outboxSchema, OUTBOX_TABLE)} WHERE id = ANY(${retiredIds}::bigint[])`.execute(
+        trx,
+      );
+
+      const succeeded = runnable.filter((object) => !failures.some((failure) => failure.object === object));
+      const rebuilt = succeeded.filter((object) => rebuiltKeys.has(objectKeyString(object))).length;
+      return {
+        claimed: rows.length,
+        objects: objects.length,
+        rebuilt,
+        removed: succeeded.length - rebuilt,
+        failed: failures.length,
+        dead: deadCount,
+        skipped: skipped.length,
+      };
+    });
+  }
+
+  async #claim(
+    trx: Transaction<any>,
+    batchSize: number,
+    transactionIds: readonly string[] | null,
+  ): Promise<ClaimedRow[]> {
+    // SKIP LOCKED lets concurrent drainers claim disjoint rows without waiting;
+    // rows of transactions still in progress are invisible and wait for a later drain.
+    const onlyTransactions =
+      transactionIds === null ? sql`TRUE` : sql`transaction_id = ANY(${transactionIds}::xid8[])`;
+    const result = await sql<ClaimedRow>`
+      SELECT id, target_schema, object_type, object_id
+      FROM ${table(this.#outboxSchema, OUTBOX_TABLE)}
+      WHERE state = 'pending' AND available_at <= now() AND ${onlyTransactions}
+      ORDER BY id
+      LIMIT ${batchSize}
+      FOR UPDATE SKIP LOCKED
+    `.execute(trx);
+    return result.rows;
+  }
+
+  /**
+   * Splits claimed objects into those that can be rebuilt and those whose
+   * object type is no longer declared or whose schema, cache table or source
+   * table is gone. The latter are retired with a log line, because no later
+   * drain could rebuild them either.
+   */
+  async #partitionRunnable(
+    trx: Transaction<any>,
+    objects: readonly ClaimedObject[],
+  ): Promise<{ runnable: ClaimedObject[]; skipped: ClaimedObject[] }> {
+    const relations = new Map<string, { schema: string; name: string }>();
+    for (const object of objects) {
+      const index = this.#registry.find(object.objectType);
+      relations.set(`${object.schema}.${CACHE_TABLE}`, { schema: object.schema, name: CACHE_TABLE });
+      if (index !== undefined) relations.set(`${object.schema}.${index.table}`, { schema: object.schema, name: index.table });
+    }
+    const list = [...relations.values()];
+    const found = await sql<{ schema: string; name: string; present: boolean }>`
+      SELECT s AS schema, n AS name, to_regclass(quote_ident(s) || '.' || quote_ident(n)) IS NOT NULL AS present
+      FROM unnest(${list.map((r) => r.schema)}::text[], ${list.map((r) => r.name)}::text[]) AS u(s, n)
+    `.execute(trx);
+    const present = new Set(found.rows.filter((row) => row.present).map((row) => `${row.schema}.${row.name}`));
+
+    const runnable: ClaimedObject[] = [];
+    const skipped: ClaimedObject[] = [];
+    for (const object of objects) {
+      const reason = this.#skipReason(object, present);
+      if (reason === undefined) {
+        runnable.push(object);
+        continue;
+      }
+      skipped.push(object);
+      this.#logger.warn(`retired outbox rows without a rebuild: ${reason}`, {
+        schema: object.schema,
+        objectType: object.objectType,
+        objectId: object.objectId,
+        outboxIds: object.outboxIds,
+      });
+    }
+    return { runnable, skipped };
+  }
+
+  #skipReason(object: ClaimedObject, present: ReadonlySet<string>): string | undefined {
+    const index = this.#registry.find(object.objectType);
+    if (index === undefined) return `object type "${object.objectType}" is not declared`;
+    if (!present.has(`${object.schema}.${CACHE_TABLE}`)) {
+      return `schema "${object.schema}" has no table ${CACHE_TABLE} (schema dropped or not migrated)`;
+    }
+    if (!present.has(`${object.schema}.${index.table}`)) {
+      return `source table "${object.schema}.${index.table}" does not exist`;
+    }
+    return undefined;
+  }
+
+  /**
+   * Rebuilds the objects in one set-based step. When that fails on the data
+   * of some object, the step is rolled back to a savepoint and the objects
+   * are split in halves until each failing object stands alone, so one bad
+   * object costs O(log n) extra statements and never holds up the rest.
+   */
+  async #rebuildIsolated(
+    trx: Transaction<any>,
+    schema: string,
+    objects: readonly ClaimedObject[],
+    rebuiltKeys: Map<string, number>,
+    failures: { object: ClaimedObject; error: unknown }[],
+  ): Promise<void> {
+    await sql`SAVEPOINT search_outbox_rebuild`.execute(trx);
+    try {
+      const counts = await replaceObjects(trx, this.#registry, schema, objects);
+      await sql`RELEASE SAVEPOINT search_outbox_rebuild`.execute(trx);
+      for (const [key, rows] of counts) rebuiltKeys.set(key, rows);
+      return;
+    } catch (error) {
+      if (isFatal(error)) throw error;
+      await sql`ROLLBACK TO SAVEPOINT search_outbox_rebuild`.execute(trx);
+      await sql`RELEASE SAVEPOINT search_outbox_rebuild`.execute(trx);
+      const [only] = objects;
+      if (objects.length === 1 && only !== undefined) {
+        failures.push({ object: only, error });
+        return;
+      }
+    }
+    const middle = Math.ceil(objects.length / 2);
+    await this.#rebuildIsolated(trx, schema, objects.slice(0, middle), rebuiltKeys, failures);
+    await this.#rebuildIsolated(trx, schema, objects.slice(middle), rebuiltKeys, failures);
+  }
+
+  /** Counts an attempt on each failed object's rows, schedules the retry, and parks rows out of attempts as dead. */
+  async #recordFailures(
+    trx: Transaction<any>,
+    failures: readonly { object: ClaimedObject; error: unknown }[],
+  ): Promise<number> {
+    if (failures.length === 0) return 0;
+    const ids: string[] = [];
+    const messages: string[] = [];
+    for (const { object, error } of failures) {
+      for (const id of object.outboxIds) {
+        ids.push(id);
+        messages.push(errorMessage(error).slice(0, 2000));
+      }
+    }
+    const result = await sql<{ object_type: string; object_id: string; target_schema: string; state: string; attempts: number }>`
+      UPDATE ${table(this.#outboxSchema, OUTBOX_TABLE)} AS o
+      SET attempts = o.attempts + 1,
+          last_error = f.message,
+          state = CASE WHEN o.attempts + 1 >= ${this.#maxAttempts}::int THEN 'dead' ELSE 'pending' END,
+          available_at = now() + make_interval(secs => least(${this.#backoffMaxMs}::float8,
+                           ${this.#backoffBaseMs}::float8 * power(2, o.attempts)) / 1000.0)
+      FROM unnest(${ids}::bigint[], ${messages}::text[]) AS f(id, message)
+      WHERE o.id = f.id
+      RETURNING o.target_schema, o.object_type, o.object_id, o.state, o.attempts
+    `.execute(trx);
+
+    const deadObjects = new Set<string>();
+    for (const row of result.rows) {
+      if (row.state === 'dead') {
+        deadObjects.add(objectKeyString({ schema: row.target_schema, objectType: row.object_type, objectId: row.object_id }));
+      }
+    }
+    for (const { object, error } of failures) {
+      const dead = deadObjects.has(objectKeyString(object));
+      const attributes = {
+        schema: object.schema,
+        objectType: object.objectType,
+        objectId: object.objectId,
+        error: errorMessage(error),
+      };
+      if (dead) this.#logger.error('object rebuild failed; its outbox rows are dead until retried', attributes);
+      else this.#logger.warn('object rebuild failed; it will be retried', attributes);
+    }
+    return deadObjects.size;
+  }
+
+  async #countPending(transactionIds: readonly string[] | null): Promise<number> {
+    const onlyTransactions =
+      transactionIds === null ? sql`TRUE` : sql`transaction_id = ANY(${transactionIds}::xid8[])`;
+    const result = await sql<{ count: string }>`
+      SELECT count(*) AS count FROM ${table(this.#outboxSchema, OUTBOX_TABLE)}
+      WHERE state = 'pending' AND ${onlyTransactions}
+    `.execute(this.#db);
+    return Number(result.rows[0]?.count ?? 0);
+  }
+}
+
+function emptyBatch(): BatchResult {
+  return { claimed: 0, objects: 0, rebuilt: 0, removed: 0, failed: 0, dead: 0, skipped: 0 };
+}
+
+/** Coalesces claimed rows across transactions: one entry per object, holding all its row ids. */
+function groupByObject(rows: readonly ClaimedRow[]): ClaimedObject[] {
+  const objects = new Map<string, ClaimedObject>();
+  for (const row of rows) {
+    const key = { schema: row.target_schema, objectType: row.object_type, objectId: row.object_id };
+    const keyString = objectKeyString(key);
+    const existing = objects.get(keyString);
+    if (existing === undefined) objects.set(keyString, { ...key, outboxIds: [row.id] });
+    else existing.outboxIds.push(row.id);
+  }
+  return [...objects.values()];
+}
+
+function groupBySchema(objects: readonly ClaimedObject[]): Map<string, ClaimedObject[]> {
+  const groups = new Map<string, ClaimedObject[]>();
+  for (const object of objects) {
+    const group = groups.get(object.schema) ?? [];
+    group.push(object);
+    groups.set(object.schema, group);
+  }
+  return groups;
+}
+
+function isFatal(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  if (typeof code !== 'string' || code.length !== 5) return true;
+  if (code === '57014') return false;
+  return FATAL_SQLSTATE_CLASSES.has(code.slice(0, 2));
+}
+
+function resolveDeadline(started: number, options: DrainOptions): number {
+  let deadline = Infinity;
+  if (options.timeBudgetMs !== undefined) {
+    deadline = started + validateInteger('timeBudgetMs', options.timeBudgetMs, 0, 86_400_000);
+  }
+  if (options.deadline !== undefined) {
+    if (!Number.isFinite(options.deadline)) {
+      throw new ValidationError('deadline', options.deadline, 'must be a finite number of milliseconds since the epoch');
+    }
+    deadline = Math.min(deadline, options.deadline);
+  }
+  return deadline;
+}
+
+const TRANSACTION_ID_PATTERN = /^\d{1,20}$/;
+
+function validateTransactionIds(ids: readonly string[] | undefined): readonly string[] | null {
+  if (ids === undefined) return null;
+  if (!Array.isArray(ids)) throw new ValidationError('transactionIds', ids, 'must be an array of transaction ids');
+  ids.forEach((id, position) => {
+    if (typeof id !== 'string' || !TRANSACTION_ID_PATTERN.test(id)) {
+      throw new ValidationError(`transactionIds[${position}]`, id, 'must be a transaction id of 1 to 20 digits');
+    }
+  });
+  return ids;
+}
+
+export function validateInteger(path: string, value: unknown, min: number, max: number): number {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+    throw new ValidationError(path, value, `must be an integer from ${min} to ${max}`);
+  }
+  return value;
+}

@@ -1,0 +1,211 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
+import type { Kysely, Transaction } from 'kysely';
+import { Drainer, type DrainOptions, type DrainSummary, type RetrySettings } from './drain.js';
+import { errorMessage, ValidationError } from './errors.js';
+import { assertIdentifier } from './identifiers.js';
+import { defineIndexes, IndexRegistry, type SearchIndex } from './indexes.js';
+import { silentLogger, type Logger } from './logger.js';
+import { insertMarks, type MarkOptions, type MarkResult, type ObjectId } from './marks.js';
+import { DEFAULT_OUTBOX_SCHEMA, migrate, type MigrateOptions, type MigrateResult } from './migrations.js';
+import { rebuildCache, type RebuildOptions, type RebuildSummary } from './rebuild.js';
+import { searchCache, type SearchOptions, type SearchResult } from './search.js';
+import { readStatus, retryDead, type OutboxStatus, type RetryOptions, type RetryResult } from './status.js';
+
+/** What a committed transaction marked, handed to the dispatcher after the commit. */
+export interface CommittedTransaction {
+  /** Ids (`pg_current_xact_id()` as text) of the transactions that wrote the marks; usually one. */
+  readonly transactionIds: readonly string[];
+  /** Schemas recorded with the marks. */
+  readonly schemas: readonly string[];
+  /** Objects marked, counted per mark call. */
+  readonly objects: number;
+}
+
+/**
+ * Runs after a transaction that marked objects has committed: drains its
+ * objects inline, or sends a nudge to a queue. A dispatcher may throw; the
+ * transaction helper logs and counts the failure and never passes it on.
+ */
+export interface Dispatcher {
+  dispatch(committed: CommittedTransaction, outbox: SearchOutbox): Promise<void>;
+}
+
+/** Drains the committed transaction's own outbox rows in this process. */
+export const inlineDispatcher: Dispatcher = {
+  async dispatch(committed, outbox) {
+    await outbox.drain({ transactionIds: committed.transactionIds });
+  },
+};
+
+export interface SearchOutboxOptions {
+  /** The application's database. */
+  readonly db: Kysely<any>;
+  /** Search index declarations, validated here unless already a registry. */
+  readonly indexes: IndexRegistry | readonly SearchIndex[];
+  /** Schema of the outbox table. Default: `search_outbox`. */
+  readonly outboxSchema?: string;
+  /** Default: silent. */
+  readonly logger?: Logger;
+  /**
+   * What the transaction helper does after a commit: `inline` drains the
+   * transaction's objects in this process, `none` leaves them to a drainer,
+   * or a custom dispatcher (such as a queue). Default: `inline`.
+   */
+  readonly dispatcher?: 'inline' | 'none' | Dispatcher;
+  /** Attempts and backoff of failing objects. */
+  readonly retry?: RetrySettings;
+}
+
+/** Counters of the transaction helper since the outbox was created. */
+export interface DispatchStats {
+  readonly dispatched: number;
+  readonly dispatchFailures: number;
+}
+
+interface TransactionContext {
+  readonly transactionIds: Set<string>;
+  readonly schemas: Set<string>;
+  objects: number;
+}
+
+/** The outbox of one application: marks, the transaction helper, drain, rebuild, search and status. */
+export class SearchOutbox {
+  readonly db: Kysely<any>;
+  readonly indexes: IndexRegistry;
+  readonly outboxSchema: string;
+  readonly logger: Logger;
+  readonly #dispatcher: Dispatcher | null;
+  readonly #drainer: Drainer;
+  readonly #context = new AsyncLocalStorage<TransactionContext>();
+  #dispatched = 0;
+  #dispatchFailures = 0;
+
+  constructor(options: SearchOutboxOptions) {
+    if (typeof options !== 'object' || options === null || options.db === undefined) {
+      throw new ValidationError('options.db', options?.db, 'must be a Kysely instance');
+    }
+    this.db = options.db;
+    this.indexes = options.indexes instanceof IndexRegistry ? options.indexes : defineIndexes(options.indexes);
+    this.outboxSchema = assertIdentifier('outboxSchema', options.outboxSchema ?? DEFAULT_OUTBOX_SCHEMA);
+    this.logger = options.logger ?? silentLogger;
+    this.#dispatcher = resolveDispatcher(options.dispatcher ?? 'inline');
+    this.#drainer = new Drainer(this.db, this.outboxSchema, this.indexes, this.logger, options.retry ?? {});
+  }
+
+  get stats(): DispatchStats {
+    return { dispatched: this.#dispatched, dispatchFailures: this.#dispatchFailures };
+  }
+
+  /**
+   * Marks objects as changed, in one statement whatever the number of ids.
+   * Call it with the transaction that made the change, so the mark commits
+   * or rolls back with it, savepoints included; on a plain Kysely instance
+   * the mark is its own statement.
+   */
+  async mark(
+    executor: Kysely<any> | Transaction<any>,
+    objectType: string,
+    ids: ObjectId | readonly ObjectId[],
+    options?: MarkOptions,
+  ): Promise<MarkResult> {
+    return this.#record(await insertMarks(executor, this.outboxSchema, this.indexes, objectType, ids, 'upsert', options));
+  }
+
+  /**
+   * Marks objects as deleted. The drain re-reads every object anyway, so this
+   * differs from `mark` only in what the outbox records.
+   */
+  async markDeleted(
+    executor: Kysely<any> | Transaction<any>,
+    objectType: string,
+    ids: ObjectId | readonly ObjectId[],
+    options?: MarkOptions,
+  ): Promise<MarkResult> {
+    return this.#record(await insertMarks(executor, this.outboxSchema, this.indexes, objectType, ids, 'delete', options));
+  }
+
+  /**
+   * Runs `callback` in a transaction and returns its result. After the
+   * commit, the objects it marked are dispatched (drained inline by
+   * default). A failure after the commit is logged and counted, never
+   * thrown: the change is committed and the next drain picks it up.
+   */
+  async transaction<T>(callback: (trx: Transaction<any>) => Promise<T>): Promise<T> {
+    const context: TransactionContext = { transactionIds: new Set(), schemas: new Set(), objects: 0 };
+    const result = await this.#context.run(context, () => this.db.transaction().execute(callback));
+    if (context.transactionIds.size > 0) await this.#dispatch(context);
+    return result;
+  }
+
+  async drain(options?: DrainOptions): Promise<DrainSummary> {
+    return this.#drainer.drain(options);
+  }
+
+  async rebuild(options?: RebuildOptions): Promise<RebuildSummary> {
+    return rebuildCache(this.db, this.outboxSchema, this.indexes, this.logger, options);
+  }
+
+  async search(options: SearchOptions): Promise<SearchResult[]> {
+    return searchCache(this.db, this.indexes, options, this.logger);
+  }
+
+  async status(): Promise<OutboxStatus> {
+    return readStatus(this.db, this.outboxSchema);
+  }
+
+  async retry(options?: RetryOptions): Promise<RetryResult> {
+    const result = await retryDead(this.db, this.outboxSchema, this.indexes, options);
+    this.logger.info('made dead outbox rows pending again', { ...options, retried: result.retried });
+    return result;
+  }
+
+  /** Runs the migrations into this outbox's schema; see `migrate`. */
+  async migrate(options: Omit<MigrateOptions, 'outboxSchema'> = {}): Promise<MigrateResult> {
+    return migrate(this.db, { logger: this.logger, ...options, outboxSchema: this.outboxSchema });
+  }
+
+  #record(result: MarkResult): MarkResult {
+    const context = this.#context.getStore();
+    if (context !== undefined && result.transactionId !== null) {
+      context.transactionIds.add(result.transactionId);
+      context.objects += result.objects;
+      if (result.schema !== null) context.schemas.add(result.schema);
+    }
+    return result;
+  }
+
+  async #dispatch(context: TransactionContext): Promise<void> {
+    if (this.#dispatcher === null) return;
+    const committed: CommittedTransaction = {
+      transactionIds: [...context.transactionIds],
+      schemas: [...context.schemas],
+      objects: context.objects,
+    };
+    try {
+      await this.#dispatcher.dispatch(committed, this);
+      this.#dispatched += 1;
+    } catch (error) {
+      this.#dispatchFailures += 1;
+      this.logger.error('dispatch after commit failed; the committed marks wait for the next drain', {
+        transactionIds: committed.transactionIds,
+        objects: committed.objects,
+        error: errorMessage(error),
+        dispatchFailures: this.#dispatchFailures,
+      });
+    }
+  }
+}
+
+/** Creates the outbox of an application; validates its options and index declarations. */
+export function createSearchOutbox(options: SearchOutboxOptions): SearchOutbox {
+  return new SearchOutbox(options);
+}
+
+function resolveDispatcher(dispatcher: 'inline' | 'none' | Dispatcher): Dispatcher | null {
+  if (dispatcher === 'inline') return inlineDispatcher;
+  if (dispatcher === 'none') return null;
+  if (typeof dispatcher === 'object' && dispatcher !== null && typeof dispatcher.dispatch === 'function') {
+    return dispatcher;
+  }
+  throw new ValidationError('dispatcher', dispatcher, 'must be "inline", "none" or an object with a dispatch method');
+}
