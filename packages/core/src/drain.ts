@@ -12,7 +12,7 @@ export interface RetrySettings {
   readonly maxAttempts?: number;
   /** Delay before the second attempt, in milliseconds; it doubles with each attempt. Default: 10000. */
   readonly backoffBaseMs?: number;
-  /** Longest delay between attempts, in milliseconds. Default: 900000 (15 minutes). */
+  /** Maximum delay between attempts, in milliseconds. Default: 900000 (15 minutes). */
   readonly backoffMaxMs?: number;
 }
 
@@ -57,7 +57,7 @@ export interface DrainSummary extends DrainProgress {
   /** Pending outbox rows left when the drain stopped, including rows waiting for a retry. */
   readonly remaining: number;
   readonly durationMs: number;
-  /** Why the drain stopped. */
+  /** The reason the drain stopped. */
   readonly stoppedBy: 'empty' | 'deadline' | 'maxBatches' | 'aborted';
 }
 
@@ -88,11 +88,11 @@ const MAX_BATCH_SIZE = 10_000;
 const MIN_DEADLINE_MARGIN_MS = 1_000;
 
 /**
- * SQLSTATE classes after which the transaction or the connection is unusable,
- * so retrying object by object inside it is pointless: 08 connection
- * exception, 40 transaction rollback, 53 insufficient resources, 57
- * operator intervention (except 57014, a statement timeout, which one object
- * can cause), 58 system error, XX internal error.
+ * SQLSTATE classes after which the transaction or the connection is
+ * unusable, so retrying object by object inside it is pointless. They are 08
+ * connection exception, 40 transaction rollback, 53 insufficient resources,
+ * 57 operator intervention, 58 system error and XX internal error. A
+ * statement timeout (57014) is the exception, because one object can cause it.
  */
 const FATAL_SQLSTATE_CLASSES = new Set(['08', '40', '53', '57', '58', 'XX']);
 
@@ -285,7 +285,7 @@ export class Drainer {
   /**
    * Rebuilds the objects in one set-based step. When that fails on the data
    * of some object, the step is rolled back to a savepoint and the objects
-   * are split in halves until each failing object stands alone, so one bad
+   * are split in halves until each failing object is alone, so one bad
    * object costs O(log n) extra statements and never holds up the rest.
    */
   async #rebuildIsolated(

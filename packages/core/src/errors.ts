@@ -8,7 +8,7 @@ export class SearchOutboxError extends Error {
 
 /**
  * An input from outside (a query, an option, an id, a payload) is invalid.
- * `path` names the input and `value` holds what was given.
+ * `path` names the input and `value` is what was given.
  */
 export class ValidationError extends SearchOutboxError {
   readonly path: string;

@@ -24,7 +24,7 @@ export function assertIdentifier(path: string, name: unknown): string {
   return name;
 }
 
-/** A quoted, schema-qualified table reference. */
+/** Builds a quoted, schema-qualified table reference. */
 export function table(schema: string, name: string): RawBuilder<unknown> {
   return sql.id(schema, name);
 }

@@ -2,8 +2,8 @@ import { IndexDeclarationError, UnknownObjectTypeError } from './errors.js';
 import { isIdentifier } from './identifiers.js';
 
 /**
- * How a cached value is typed. `int` and `float` values of zero produce no
- * cache row; `inet` and `cidr` values take part in IP-aware search.
+ * Type of a cached value. `int` and `float` values of zero produce no cache
+ * row, and `inet` and `cidr` values take part in IP-aware search.
  */
 export type ValueType = 'str' | 'int' | 'float' | 'inet' | 'cidr';
 
@@ -14,12 +14,12 @@ export type KeyType = 'bigint' | 'integer' | 'text' | 'uuid';
 
 export const KEY_TYPES: readonly KeyType[] = ['bigint', 'integer', 'text', 'uuid'];
 
-/** Where a field's value comes from: a column of the source table. */
+/** Value source: a column of the source table. */
 export interface ColumnSource {
   readonly column: string;
 }
 
-/** Where a field's value comes from: a column (default `name`) of the row a foreign key points to. */
+/** Value source: a column (default `name`) of the row that a foreign key points to. */
 export interface RelatedSource {
   readonly related: {
     /** Column of the source table holding the foreign key. */
@@ -33,7 +33,7 @@ export interface RelatedSource {
   };
 }
 
-/** Where a field's value comes from: one key of a JSON or JSONB column (such as custom fields). */
+/** Value source: one key of a JSON or JSONB column, such as custom fields. */
 export interface JsonSource {
   readonly json: {
     readonly column: string;
@@ -51,14 +51,14 @@ export interface IndexedField {
   readonly weight: number;
   /** Value type. Default: `str`. */
   readonly type?: ValueType;
-  /** Where the value comes from. Default: the column named like the field. */
+  /** Source of the value. Default: the column named like the field. */
   readonly source?: ValueSource;
 }
 
 /** One display attribute shown next to a search result, read live at search time. */
 export interface DisplayAttribute {
   readonly name: string;
-  /** Where the value comes from. Default: the column named like the attribute. */
+  /** Source of the value. Default: the column named like the attribute. */
   readonly source?: ValueSource;
 }
 

@@ -4,7 +4,7 @@ import { assertIdentifier, table } from './identifiers.js';
 import type { IndexRegistry, KeyType } from './indexes.js';
 import { OUTBOX_TABLE } from './migrations.js';
 
-/** An object id as the application holds it. */
+/** An object id in any form the application uses. */
 export type ObjectId = string | number | bigint;
 
 export interface MarkOptions {
@@ -15,7 +15,7 @@ export interface MarkOptions {
   readonly schema?: string;
 }
 
-/** What one mark call recorded. */
+/** The outcome of one mark call. */
 export interface MarkResult {
   /** Id of the writing transaction (`pg_current_xact_id()`), as text. */
   readonly transactionId: string | null;
@@ -27,9 +27,9 @@ export interface MarkResult {
 
 export type MarkOperation = 'upsert' | 'delete';
 
-/** The longest object id accepted, in characters. */
+/** Maximum length of an object id, in characters. */
 export const MAX_OBJECT_ID_LENGTH = 255;
-/** The most ids one mark call accepts; split larger sets into several calls. */
+/** Maximum number of ids per mark call. Split larger sets into several calls. */
 export const MAX_IDS_PER_MARK = 100_000;
 
 const INTEGER_PATTERN = /^-?\d{1,19}$/;
@@ -42,9 +42,9 @@ const KEY_RANGES: Partial<Record<KeyType, readonly [bigint, bigint]>> = {
 /**
  * Inserts outbox rows for the given objects in one statement, in the
  * executor's transaction (or as its own statement on a plain Kysely).
- * Marking an object its transaction already marked updates that row rather
- * than adding one; the key includes the transaction id, so two transactions
- * never write the same key and never wait on each other.
+ * Marking an object that its transaction already marked updates that row
+ * rather than adding one. The key includes the transaction id, so two
+ * transactions never write the same key and never wait on each other.
  */
 export async function insertMarks(
   executor: Kysely<any>,

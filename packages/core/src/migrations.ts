@@ -4,8 +4,8 @@ import { assertIdentifier, table } from './identifiers.js';
 import { silentLogger, type Logger } from './logger.js';
 
 /**
- * Where a migration applies: `outbox` migrations run once in the outbox
- * schema; `cache` migrations run once in every schema that holds a cache.
+ * The target of a migration: `outbox` migrations run once in the outbox
+ * schema, and `cache` migrations run once in every schema with a cache.
  */
 type MigrationScope = 'outbox' | 'cache';
 
@@ -36,7 +36,8 @@ const MIGRATIONS: readonly Migration[] = [
     async up(trx, schema) {
       // The unique key includes the writing transaction's id, so a mark
       // coalesces with earlier marks of its own transaction and never with
-      // another transaction's row: concurrent writers never wait on each other.
+      // another transaction's row. Concurrent writers therefore never wait on
+      // each other (tested with pg_locks in the concurrency tests).
       await sql`
         CREATE TABLE ${table(schema, OUTBOX_TABLE)} (
           id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -133,7 +134,7 @@ const MIGRATIONS: readonly Migration[] = [
   },
 ];
 
-/** The newest version of each scope that this code knows. */
+/** The newest version of each scope that this code can apply. */
 export const LATEST_VERSIONS: Readonly<Record<MigrationScope, number>> = {
   outbox: Math.max(...MIGRATIONS.filter((m) => m.scope === 'outbox').map((m) => m.version)),
   cache: Math.max(...MIGRATIONS.filter((m) => m.scope === 'cache').map((m) => m.version)),
@@ -162,7 +163,7 @@ export interface MigrateResult {
 /**
  * Brings the outbox schema and every cache schema up to date. Each migration
  * runs in its own transaction under an advisory lock, so several processes
- * may call this at once; a database migrated by newer code is rejected.
+ * may call this at once. A database migrated by newer code is rejected.
  */
 export async function migrate(db: Kysely<any>, options: MigrateOptions = {}): Promise<MigrateResult> {
   const outboxSchema = assertIdentifier('outboxSchema', options.outboxSchema ?? DEFAULT_OUTBOX_SCHEMA);
@@ -287,9 +288,10 @@ async function takeMigrationLock(trx: Transaction<any>, outboxSchema: string): P
 }
 
 /**
- * Creates pg_trgm when it is missing and returns the schema that holds it,
- * or undefined when it cannot be created (not installed on the server, or no
- * privilege); search then falls back to the btree index and sequential scans.
+ * Creates pg_trgm when it is missing and returns the schema that contains
+ * it. Returns undefined when the extension cannot be created (not installed
+ * on the server, or no privilege), so search falls back to the btree index
+ * and sequential scans.
  */
 async function ensureTrigramExtension(trx: Transaction<any>, logger: Logger): Promise<string | undefined> {
   const installed = await findExtensionSchema(trx);

@@ -38,9 +38,10 @@ export async function lockObjects(trx: Transaction<any>, keys: readonly ObjectKe
 /**
  * Replaces every cache row of the given objects of one schema with rows
  * built from their live source rows, in two statements whatever the number
- * of objects. Returns the number of cache rows each object now has; an
- * object missing from the result has none (it was deleted, fails its index's
- * conditions, or has no non-empty field). The caller holds the object locks.
+ * of objects. Returns the number of cache rows each object now has. An
+ * object missing from the result has none, because it was deleted, fails its
+ * index's conditions, or has no non-empty field. The caller must hold the
+ * object locks.
  */
 export async function replaceObjects(
   trx: Transaction<any>,

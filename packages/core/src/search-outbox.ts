@@ -11,7 +11,7 @@ import { rebuildCache, type RebuildOptions, type RebuildSummary } from './rebuil
 import { searchCache, type SearchOptions, type SearchResult } from './search.js';
 import { readStatus, retryDead, type OutboxStatus, type RetryOptions, type RetryResult } from './status.js';
 
-/** What a committed transaction marked, handed to the dispatcher after the commit. */
+/** The marks of a committed transaction, handed to the dispatcher after the commit. */
 export interface CommittedTransaction {
   /** Ids (`pg_current_xact_id()` as text) of the transactions that wrote the marks; usually one. */
   readonly transactionIds: readonly string[];
@@ -47,9 +47,9 @@ export interface SearchOutboxOptions {
   /** Default: silent. */
   readonly logger?: Logger;
   /**
-   * What the transaction helper does after a commit: `inline` drains the
-   * transaction's objects in this process, `none` leaves them to a drainer,
-   * or a custom dispatcher (such as a queue). Default: `inline`.
+   * The step after a commit: `inline` drains the transaction's objects in
+   * this process, `none` leaves them to a drainer, and a custom dispatcher
+   * can send them to a queue. Default: `inline`.
    */
   readonly dispatcher?: 'inline' | 'none' | Dispatcher;
   /** Attempts and backoff of failing objects. */
@@ -98,9 +98,9 @@ export class SearchOutbox {
 
   /**
    * Marks objects as changed, in one statement whatever the number of ids.
-   * Call it with the transaction that made the change, so the mark commits
-   * or rolls back with it, savepoints included; on a plain Kysely instance
-   * the mark is its own statement.
+   * Call it with the transaction that made the change, so that the mark
+   * commits or rolls back with it, savepoints included. On a plain Kysely
+   * instance the mark is a statement of its own.
    */
   async mark(
     executor: Kysely<any> | Transaction<any>,

@@ -218,7 +218,7 @@ async function readDisplays(
     ([objectType, ids]) => sql`(${selectDisplay(schema, registry.get(objectType), ids)})`,
   );
   // Display attributes are a courtesy: when a source table is gone or a
-  // stale cache row holds an id of the wrong form, the results are still
+  // stale cache row contains an id of the wrong form, the results are still
   // returned, without display attributes.
   await sql`SAVEPOINT search_outbox_display`.execute(executor);
   try {
