@@ -1,4 +1,5 @@
 export { createSearchOutbox, inlineDispatcher, SearchOutbox } from './search-outbox.js';
+export { verifyIndexes } from './verify.js';
 export type { CommittedTransaction, Dispatcher, DispatchStats, SearchOutboxOptions } from './search-outbox.js';
 export { defineIndexes, IndexRegistry, KEY_TYPES, VALUE_TYPES } from './indexes.js';
 export type {

@@ -6,9 +6,10 @@ import { assertIdentifier } from './identifiers.js';
 import { defineIndexes, IndexRegistry, type SearchIndex } from './indexes.js';
 import { silentLogger, type Logger } from './logger.js';
 import { insertMarks, type MarkOptions, type MarkResult, type ObjectId } from './marks.js';
-import { DEFAULT_OUTBOX_SCHEMA, migrate, type MigrateOptions, type MigrateResult } from './migrations.js';
+import { assertMigrated, DEFAULT_OUTBOX_SCHEMA, migrate, type MigrateOptions, type MigrateResult } from './migrations.js';
 import { rebuildCache, type RebuildOptions, type RebuildSummary } from './rebuild.js';
 import { searchCache, type SearchOptions, type SearchResult } from './search.js';
+import { verifyIndexes } from './verify.js';
 import { readStatus, retryDead, type OutboxStatus, type RetryOptions, type RetryResult } from './status.js';
 
 /** The marks of a committed transaction, handed to the dispatcher after the commit. */
@@ -157,6 +158,17 @@ export class SearchOutbox {
     const result = await retryDead(this.db, this.outboxSchema, this.indexes, options);
     this.logger.info('made dead outbox rows pending again', { ...options, retried: result.retried });
     return result;
+  }
+
+  /**
+   * Checks that the database is ready for this code: the outbox schema is
+   * migrated to the expected version, and every declared table and column
+   * exists in `schema` (default `public`). Call it at startup.
+   */
+  async verify(options: { readonly schema?: string } = {}): Promise<void> {
+    const schema = assertIdentifier('schema', options.schema ?? 'public');
+    await assertMigrated(this.db, this.outboxSchema);
+    await verifyIndexes(this.db, this.indexes, schema);
   }
 
   /** Runs the migrations into this outbox's schema; see `migrate`. */
