@@ -63,6 +63,8 @@ export interface DrainSummary extends DrainProgress {
 
 interface ClaimedRow {
   readonly id: string;
+  /** True for rows of the batch itself, false for other pending rows of the same objects. */
+  readonly in_batch: boolean;
   readonly target_schema: string;
   readonly object_type: string;
   readonly object_id: string;
@@ -74,6 +76,8 @@ interface ClaimedObject extends ObjectKey {
 
 interface BatchResult {
   readonly claimed: number;
+  /** Rows claimed by the batch query itself, without the other rows of its objects. */
+  readonly batchRows: number;
   readonly objects: number;
   readonly rebuilt: number;
   readonly removed: number;
@@ -84,6 +88,8 @@ interface BatchResult {
 
 export const DEFAULT_BATCH_SIZE = 500;
 const MAX_BATCH_SIZE = 10_000;
+/** Bound on the extra rows of the batch's objects claimed with a batch, as a multiple of the batch size. */
+const SAME_OBJECT_CLAIM_FACTOR = 4;
 /** Time kept free before a deadline when no batch has been timed yet, in milliseconds. */
 const MIN_DEADLINE_MARGIN_MS = 1_000;
 
@@ -163,7 +169,7 @@ export class Drainer {
       totals.skipped += batch.skipped;
       this.#logger.debug('drained batch', { ...batch, durationMs: Date.now() - batchStarted });
       options.onProgress?.({ ...totals });
-      if (batch.claimed < batchSize) break;
+      if (batch.batchRows < batchSize) break;
     }
 
     const remaining = await this.#countPending(transactionIds);
@@ -176,6 +182,7 @@ export class Drainer {
     return this.#db.transaction().execute(async (trx) => {
       const rows = await this.#claim(trx, batchSize, transactionIds);
       if (rows.length === 0) return emptyBatch();
+      const batchRows = rows.filter((row) => row.in_batch).length;
 
       const objects = groupByObject(rows);
       const { runnable, skipped } = await this.#partitionRunnable(trx, objects);
@@ -198,6 +205,7 @@ export class Drainer {
       const rebuilt = succeeded.filter((object) => rebuiltKeys.has(objectKeyString(object))).length;
       return {
         claimed: rows.length,
+        batchRows,
         objects: objects.length,
         rebuilt,
         removed: succeeded.length - rebuilt,
@@ -217,13 +225,32 @@ export class Drainer {
     // rows of transactions still in progress are invisible and wait for a later drain.
     const onlyTransactions =
       transactionIds === null ? sql`TRUE` : sql`transaction_id = ANY(${transactionIds}::xid8[])`;
+    // The second step also claims the other pending rows of the batch's
+    // objects, however old, so that every mark of an object coalesces into
+    // one rebuild rather than one per batch it happens to fall into.
+    const outbox = table(this.#outboxSchema, OUTBOX_TABLE);
     const result = await sql<ClaimedRow>`
-      SELECT id, target_schema, object_type, object_id
-      FROM ${table(this.#outboxSchema, OUTBOX_TABLE)}
-      WHERE state = 'pending' AND available_at <= now() AND ${onlyTransactions}
-      ORDER BY id
-      LIMIT ${batchSize}
-      FOR UPDATE SKIP LOCKED
+      WITH batch AS (
+        SELECT id, target_schema, object_type, object_id
+        FROM ${outbox}
+        WHERE state = 'pending' AND available_at <= now() AND ${onlyTransactions}
+        ORDER BY id
+        LIMIT ${batchSize}
+        FOR UPDATE SKIP LOCKED
+      ), same_objects AS (
+        SELECT o.id, o.target_schema, o.object_type, o.object_id
+        FROM ${outbox} AS o
+        WHERE o.state = 'pending' AND o.available_at <= now()
+          AND (o.object_type, o.object_id, o.target_schema) IN (
+            SELECT object_type, object_id, target_schema FROM batch
+          )
+          AND o.id NOT IN (SELECT id FROM batch)
+        LIMIT ${batchSize * SAME_OBJECT_CLAIM_FACTOR}
+        FOR UPDATE OF o SKIP LOCKED
+      )
+      SELECT id, target_schema, object_type, object_id, true AS in_batch FROM batch
+      UNION ALL
+      SELECT id, target_schema, object_type, object_id, false AS in_batch FROM same_objects
     `.execute(trx);
     return result.rows;
   }
@@ -374,7 +401,7 @@ export class Drainer {
 }
 
 function emptyBatch(): BatchResult {
-  return { claimed: 0, objects: 0, rebuilt: 0, removed: 0, failed: 0, dead: 0, skipped: 0 };
+  return { claimed: 0, batchRows: 0, objects: 0, rebuilt: 0, removed: 0, failed: 0, dead: 0, skipped: 0 };
 }
 
 /** Coalesces claimed rows across transactions: one entry per object, holding all its row ids. */
