@@ -187,7 +187,10 @@ describe('failing objects', () => {
     expect(logLines.some((line) => line.level === 'error' && line.attributes?.objectId === '2')).toBe(true);
 
     await sql`UPDATE site SET custom_field_data = '{"rank": 4}' WHERE id = 2`.execute(database.db);
-    const retried = await outbox.retry({ objectType: 'dcim.site', objectIds: [2] });
+    await expect(outbox.retry({ objectType: 'dcim.site', objectIds: ['two'] })).rejects.toThrow(
+      /Invalid id: "two" must be a bigint/,
+    );
+    const retried = await outbox.retry({ objectType: 'dcim.site', objectIds: ['002'] });
     expect(retried.retried).toBe(1);
     const after = await outbox.drain();
     expect(after.rebuilt).toBe(1);

@@ -87,7 +87,7 @@ export async function insertMarks(
 }
 
 /** Validates ids against the index's key type and returns them as distinct strings. */
-function normalizeIds(ids: ObjectId | readonly ObjectId[], keyType: KeyType): string[] {
+export function normalizeIds(ids: ObjectId | readonly ObjectId[], keyType: KeyType): string[] {
   const list = Array.isArray(ids) ? (ids as readonly ObjectId[]) : [ids as ObjectId];
   if (list.length > MAX_IDS_PER_MARK) {
     throw new ValidationError('ids', `${list.length} ids`, `exceed the maximum of ${MAX_IDS_PER_MARK} per mark call`);

@@ -2,6 +2,7 @@ import { sql, type Kysely } from 'kysely';
 import { ValidationError } from './errors.js';
 import { table } from './identifiers.js';
 import type { IndexRegistry } from './indexes.js';
+import { normalizeIds } from './marks.js';
 import { OUTBOX_TABLE } from './migrations.js';
 
 export interface TypeStatus {
@@ -76,21 +77,18 @@ export async function retryDead(
   registry: IndexRegistry,
   options: RetryOptions = {},
 ): Promise<RetryResult> {
-  const objectType = options.objectType === undefined ? null : registry.get(options.objectType).objectType;
+  const index = options.objectType === undefined ? null : registry.get(options.objectType);
+  const objectType = index?.objectType ?? null;
   let objectIds: string[] | null = null;
   if (options.objectIds !== undefined) {
-    if (objectType === null) {
+    if (index === null) {
       throw new ValidationError('objectIds', options.objectIds, 'need an objectType, because ids are unique per type only');
     }
     if (!Array.isArray(options.objectIds) || options.objectIds.length === 0) {
       throw new ValidationError('objectIds', options.objectIds, 'must be a non-empty array of object ids');
     }
-    objectIds = options.objectIds.map((id, position) => {
-      if (!['string', 'number', 'bigint'].includes(typeof id) || String(id).length === 0) {
-        throw new ValidationError(`objectIds[${position}]`, id, 'must be a non-empty string or an integer');
-      }
-      return String(id);
-    });
+    // The same normalisation as marks, so that "007" finds the rows of 7.
+    objectIds = normalizeIds(options.objectIds, index.keyType);
   }
 
   const result = await sql`
