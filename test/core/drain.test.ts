@@ -188,7 +188,7 @@ describe('failing objects', () => {
 
     await sql`UPDATE site SET custom_field_data = '{"rank": 4}' WHERE id = 2`.execute(database.db);
     await expect(outbox.retry({ objectType: 'dcim.site', objectIds: ['two'] })).rejects.toThrow(
-      /Invalid id: "two" must be a bigint/,
+      /Invalid id: "two" must be an integer from -9223372036854775808 to 9223372036854775807 \(key type bigint\)/,
     );
     const retried = await outbox.retry({ objectType: 'dcim.site', objectIds: ['002'] });
     expect(retried.retried).toBe(1);
@@ -241,6 +241,20 @@ describe('drain limits', () => {
     expect(summary.stoppedBy).toBe('deadline');
     expect(summary.claimed).toBe(0);
     expect(summary.remaining).toBe(1);
+  });
+
+  test('runs a batch within a short time budget', async () => {
+    await insertSites(database.db, [fullSite(1, 'Quick')]);
+    await outbox.mark(database.db, 'dcim.site', 1);
+    const summary = await outbox.drain({ timeBudgetMs: 1 });
+
+    expect(summary.claimed).toBe(1);
+    expect(summary.remaining).toBe(0);
+  });
+
+  test('rejects a callback that is no function', async () => {
+    await expect(outbox.drain({ onProgress: 5 as never })).rejects.toThrow(/Invalid onProgress: 5 must be a function/);
+    await expect(outbox.drain({ deadline: Number.NaN })).rejects.toThrow(/Invalid deadline: NaN must be a finite number/);
   });
 
   test('rejects a batch size out of range', async () => {

@@ -52,6 +52,11 @@ describe('index declarations', () => {
       /field "region": related table "a.b" is not a valid identifier/,
     ],
     ['an unknown key type', { ...SITE, keyType: 'serial' }, /keyType "serial" must be one of bigint, integer, text, uuid/],
+    ['a null field', { ...SITE, fields: [null] }, /field "#0": a field must be an object with a name and a weight, not null/],
+    ['a string field', { ...SITE, fields: ['name'] }, /field "#0": a field must be an object .* not "name"/],
+    ['a field without a name', { ...SITE, fields: [{ weight: 1 }] }, /field "#0": name undefined must be a letter/],
+    ['a numeric display attribute', { ...SITE, display: [5] }, /field "display #0": a display attribute must be a name or an object, not 5/],
+    ['a NaN where value', { ...SITE, where: { rank: Number.NaN } }, /where value NaN for column "rank" must be a string, a finite number/],
   ])('reject %s', (_label, declaration, message) => {
     expect(() => defineIndexes([declaration as SearchIndex])).toThrow(IndexDeclarationError);
     expect(() => defineIndexes([declaration as SearchIndex])).toThrow(message);
@@ -61,8 +66,14 @@ describe('index declarations', () => {
     expect(() => defineIndexes([SITE, SITE])).toThrow(/search index "dcim.site": the object type is declared twice/);
   });
 
+  test('need a Kysely instance', () => {
+    expect(() => createSearchOutbox({ db: 5 as never, indexes: [SITE] })).toThrow(
+      /Invalid options.db: 5 must be a Kysely instance/,
+    );
+  });
+
   test('are validated when the outbox is created', () => {
-    expect(() => createSearchOutbox({ db: {} as never, indexes: [{ ...SITE, fields: [] }] })).toThrow(
+    expect(() => createSearchOutbox({ db: { transaction: () => {} } as never, indexes: [{ ...SITE, fields: [] }] })).toThrow(
       IndexDeclarationError,
     );
   });

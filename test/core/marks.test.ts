@@ -114,8 +114,8 @@ describe('mark validation', () => {
   });
 
   test.each([
-    ['a non-numeric id for a bigint key', 'abc', /Invalid id: "abc" must be a bigint/],
-    ['an out-of-range id', '99999999999999999999', /must be a bigint/],
+    ['a non-numeric id for a bigint key', 'abc', /Invalid id: "abc" must be an integer from -9223372036854775808 to 9223372036854775807 \(key type bigint\)/],
+    ['an out-of-range id', '99999999999999999999', /must be an integer from .* \(key type bigint\)/],
     ['a fractional number', 1.5, /Invalid id: 1.5 must be a safe integer/],
     ['an object', { id: 1 }, /must be a string, an integer or a bigint/],
   ])('rejects %s', async (_label, id, message) => {
@@ -124,6 +124,19 @@ describe('mark validation', () => {
 
   test('names the position of a bad id in a list', async () => {
     await expect(outbox.mark(database.db, 'dcim.site', [1, 2, 'x'])).rejects.toThrow(/Invalid ids\[2\]: "x"/);
+  });
+
+  test('rejects a mark whose schema cannot be determined', async () => {
+    const attempt = database.db.transaction().execute(async (trx) => {
+      await sql`SET LOCAL search_path = ''`.execute(trx);
+      await outbox.mark(trx, 'dcim.site', 1);
+    });
+
+    await expect(attempt).rejects.toThrow(/Invalid schema: null could not be determined .* pass \{ schema \} to mark/);
+  });
+
+  test('names a NaN id as NaN', async () => {
+    await expect(outbox.mark(database.db, 'dcim.site', Number.NaN)).rejects.toThrow(/Invalid id: NaN must be a safe integer/);
   });
 
   test('rejects an unsafe schema option', async () => {

@@ -142,6 +142,23 @@ describe('rebuild', () => {
     expect(observed.every((count) => count === SITE_COUNT * 7)).toBe(true);
   });
 
+  test('isolates a failing object and hands it to the drain', async () => {
+    await sql`UPDATE site SET custom_field_data = '{"rank": "not a number"}' WHERE id = 120`.execute(database.db);
+    try {
+      const summary = await outbox.rebuild({ objectTypes: ['dcim.site'], chunkSize: 100 });
+
+      expect(summary.types[0]).toMatchObject({ objects: SITE_COUNT, failed: 1, rows: (SITE_COUNT - 1) * 7 });
+      expect((await readCache(database.db)).length).toBe((SITE_COUNT - 1) * 7);
+      const marked = await sql<{ object_id: string }>`
+        SELECT object_id FROM search_outbox.outbox WHERE object_type = 'dcim.site'
+      `.execute(database.db);
+      expect(marked.rows.map((row) => row.object_id)).toEqual(['120']);
+    } finally {
+      await sql`UPDATE site SET custom_field_data = '{}' WHERE id = 120`.execute(database.db);
+      await sql`TRUNCATE search_outbox.outbox`.execute(database.db);
+    }
+  });
+
   test('rejects an unknown object type by name', async () => {
     const attempt = outbox.rebuild({ objectTypes: ['dcim.cable'] });
 

@@ -136,6 +136,44 @@ describe('IP addresses', () => {
   });
 });
 
+describe('edge values', () => {
+  test('finds an object with a value longer than a btree entry', async () => {
+    await sql`
+      INSERT INTO site (id, name, description) VALUES (50, 'Long Description Site', repeat('long text ', 300) || 'needle'),
+        (51, 'Huge Comments Site', NULL);
+      UPDATE site SET comments = repeat('x', 1000000) || 'haystack' WHERE id = 51;
+    `.execute(database.db);
+    await outbox.mark(database.db, 'dcim.site', [50, 51]);
+    const summary = await outbox.drain();
+
+    expect(summary.failed).toBe(0);
+    expect(ids(await outbox.search({ query: 'needle' }))).toEqual(['dcim.site:50']);
+    expect(ids(await outbox.search({ query: 'haystack', lookup: 'endswith' }))).toEqual(['dcim.site:51']);
+    expect(ids(await outbox.search({ query: 'long text long', lookup: 'startswith' }))).toEqual(['dcim.site:50']);
+    expect(await outbox.search({ query: 'long text', lookup: 'exact' })).toEqual([]);
+  });
+
+  test('startswith folds case like the other lookups', async () => {
+    await insertSites(database.db, [{ id: 60, name: 'ΟΔΟΣ ΑΘΗΝΑΣ' }, { id: 61, name: 'İstanbul Office' }]);
+    await outbox.mark(database.db, 'dcim.site', [60, 61]);
+    await outbox.drain();
+
+    for (const lookup of ['partial', 'startswith'] as const) {
+      expect(ids(await outbox.search({ query: 'οδοσ', lookup }))).toEqual(['dcim.site:60']);
+      expect(ids(await outbox.search({ query: 'ΟΔΟΣ', lookup }))).toEqual(['dcim.site:60']);
+      expect(ids(await outbox.search({ query: 'İstanbul', lookup }))).toEqual(['dcim.site:61']);
+    }
+  });
+
+  test('an IPv6 zone id is searched as text', async () => {
+    expect(await outbox.search({ query: 'fe80::1%eth0' })).toEqual([]);
+  });
+
+  test('an address in another notation finds its host', async () => {
+    expect(ids(await outbox.search({ query: '2001:0db8:0::1', lookup: 'exact' }))).toEqual(['ipam.ipaddress:3']);
+  });
+});
+
 describe('search validation', () => {
   test.each([
     ['an empty query', { query: '' }, /Invalid query: "" must not be empty/],

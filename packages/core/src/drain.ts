@@ -4,7 +4,7 @@ import { table } from './identifiers.js';
 import type { IndexRegistry } from './indexes.js';
 import type { Logger } from './logger.js';
 import { CACHE_TABLE, OUTBOX_TABLE } from './migrations.js';
-import { lockObjects, objectKeyString, replaceObjects, type ObjectKey } from './replace-objects.js';
+import { lockObjects, objectKeyString, replaceObjectsIsolated, type ObjectKey } from './replace-objects.js';
 
 /** Settings of failure handling, fixed for one outbox instance. */
 export interface RetrySettings {
@@ -19,9 +19,17 @@ export interface RetrySettings {
 export interface DrainOptions {
   /** Outbox rows claimed per batch. Integer from 1 to 10000. Default: 500. */
   readonly batchSize?: number;
-  /** Stop starting batches after this many milliseconds. Default: no limit. */
+  /**
+   * Stop starting batches after this many milliseconds. A batch starts only
+   * when the slowest batch so far, plus half again, fits in what is left.
+   * Default: no limit.
+   */
   readonly timeBudgetMs?: number;
-  /** Stop starting batches near this moment (milliseconds since the epoch), such as a Lambda deadline. */
+  /**
+   * Stop starting batches near this moment, in milliseconds since the epoch,
+   * under the same rule. Keep a margin for the work after the drain, such as
+   * a Lambda function's response. Default: none.
+   */
   readonly deadline?: number;
   /** Stop after this many batches. Default: no limit. */
   readonly maxBatches?: number;
@@ -90,17 +98,6 @@ export const DEFAULT_BATCH_SIZE = 500;
 const MAX_BATCH_SIZE = 10_000;
 /** Bound on the extra rows of the batch's objects claimed with a batch, as a multiple of the batch size. */
 const SAME_OBJECT_CLAIM_FACTOR = 4;
-/** Time kept free before a deadline when no batch has been timed yet, in milliseconds. */
-const MIN_DEADLINE_MARGIN_MS = 1_000;
-
-/**
- * SQLSTATE classes after which the transaction or the connection is
- * unusable, so retrying object by object inside it is pointless. They are 08
- * connection exception, 40 transaction rollback, 53 insufficient resources,
- * 57 operator intervention, 58 system error and XX internal error. A
- * statement timeout (57014) is the exception, because one object can cause it.
- */
-const FATAL_SQLSTATE_CLASSES = new Set(['08', '40', '53', '57', '58', 'XX']);
 
 export class Drainer {
   readonly #db: Kysely<any>;
@@ -133,6 +130,12 @@ export class Drainer {
     const started = Date.now();
     const deadline = resolveDeadline(started, options);
     const transactionIds = validateTransactionIds(options.transactionIds);
+    if (options.onProgress !== undefined && typeof options.onProgress !== 'function') {
+      throw new ValidationError('onProgress', options.onProgress, 'must be a function');
+    }
+    if (options.signal !== undefined && !(options.signal instanceof AbortSignal)) {
+      throw new ValidationError('signal', options.signal, 'must be an AbortSignal');
+    }
 
     const totals = { batches: 0, claimed: 0, objects: 0, rebuilt: 0, removed: 0, failed: 0, dead: 0, skipped: 0 };
     let slowestBatchMs = 0;
@@ -147,9 +150,9 @@ export class Drainer {
         stoppedBy = 'maxBatches';
         break;
       }
-      // Start a batch only when the slowest one so far would still finish
-      // before the deadline, with a margin for the commit and the summary.
-      if (Date.now() + Math.max(slowestBatchMs * 1.5, MIN_DEADLINE_MARGIN_MS) > deadline) {
+      // Start a batch only when the slowest one so far, plus half again,
+      // would still finish before the deadline.
+      if (Date.now() + slowestBatchMs * 1.5 >= deadline) {
         stoppedBy = 'deadline';
         break;
       }
@@ -191,7 +194,7 @@ export class Drainer {
       const rebuiltKeys = new Map<string, number>();
       const failures: { object: ClaimedObject; error: unknown }[] = [];
       for (const [schema, schemaObjects] of groupBySchema(runnable)) {
-        await this.#rebuildIsolated(trx, schema, schemaObjects, rebuiltKeys, failures);
+        await replaceObjectsIsolated(trx, this.#registry, schema, schemaObjects, rebuiltKeys, failures);
       }
       const deadCount = await this.#recordFailures(trx, failures);
 
@@ -309,40 +312,6 @@ export class Drainer {
     return undefined;
   }
 
-  /**
-   * Rebuilds the objects in one set-based step. When that fails on the data
-   * of some object, the step is rolled back to a savepoint and the objects
-   * are split in halves until each failing object is alone, so one bad
-   * object costs O(log n) extra statements and never holds up the rest.
-   */
-  async #rebuildIsolated(
-    trx: Transaction<any>,
-    schema: string,
-    objects: readonly ClaimedObject[],
-    rebuiltKeys: Map<string, number>,
-    failures: { object: ClaimedObject; error: unknown }[],
-  ): Promise<void> {
-    await sql`SAVEPOINT search_outbox_rebuild`.execute(trx);
-    try {
-      const counts = await replaceObjects(trx, this.#registry, schema, objects);
-      await sql`RELEASE SAVEPOINT search_outbox_rebuild`.execute(trx);
-      for (const [key, rows] of counts) rebuiltKeys.set(key, rows);
-      return;
-    } catch (error) {
-      if (isFatal(error)) throw error;
-      await sql`ROLLBACK TO SAVEPOINT search_outbox_rebuild`.execute(trx);
-      await sql`RELEASE SAVEPOINT search_outbox_rebuild`.execute(trx);
-      const [only] = objects;
-      if (objects.length === 1 && only !== undefined) {
-        failures.push({ object: only, error });
-        return;
-      }
-    }
-    const middle = Math.ceil(objects.length / 2);
-    await this.#rebuildIsolated(trx, schema, objects.slice(0, middle), rebuiltKeys, failures);
-    await this.#rebuildIsolated(trx, schema, objects.slice(middle), rebuiltKeys, failures);
-  }
-
   /** Counts an attempt on each failed object's rows, schedules the retry, and parks rows out of attempts as dead. */
   async #recordFailures(
     trx: Transaction<any>,
@@ -425,13 +394,6 @@ function groupBySchema(objects: readonly ClaimedObject[]): Map<string, ClaimedOb
     groups.set(object.schema, group);
   }
   return groups;
-}
-
-function isFatal(error: unknown): boolean {
-  const code = (error as { code?: unknown } | null)?.code;
-  if (typeof code !== 'string' || code.length !== 5) return true;
-  if (code === '57014') return false;
-  return FATAL_SQLSTATE_CLASSES.has(code.slice(0, 2));
 }
 
 function resolveDeadline(started: number, options: DrainOptions): number {

@@ -52,7 +52,9 @@ export function describeValue(value: unknown): string {
     return JSON.stringify(shown);
   }
   if (typeof value === 'bigint') return `${value}n`;
-  if (value === undefined) return 'undefined';
+  if (typeof value === 'number' || value === undefined || value === null) return String(value);
+  if (typeof value === 'function') return 'a function';
+  if (value instanceof Date) return `a Date (${Number.isNaN(value.getTime()) ? 'invalid' : value.toISOString()})`;
   try {
     const json = JSON.stringify(value);
     if (json === undefined) return String(value);

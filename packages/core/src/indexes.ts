@@ -1,4 +1,4 @@
-import { IndexDeclarationError, UnknownObjectTypeError } from './errors.js';
+import { describeValue, IndexDeclarationError, UnknownObjectTypeError } from './errors.js';
 import { isIdentifier } from './identifiers.js';
 
 /**
@@ -198,15 +198,21 @@ function resolveIndex(index: SearchIndex, position: number): ResolvedIndex {
     fail(undefined, 'fields must be a non-empty array');
   }
   const fieldNames = new Set<string>();
-  const fields = index.fields.map((field): ResolvedField => {
-    const name = typeof field?.name === 'string' ? field.name : String(field?.name);
+  const fields = index.fields.map((field, position): ResolvedField => {
+    if (typeof field !== 'object' || field === null || Array.isArray(field)) {
+      fail(`#${position}`, `a field must be an object with a name and a weight, not ${describeValue(field)}`);
+    }
+    const name = typeof field.name === 'string' ? field.name : `#${position}`;
     if (!FIELD_NAME_PATTERN.test(name)) {
-      fail(name, 'the name must be a letter or underscore followed by letters, digits or underscores (at most 100)');
+      fail(
+        name,
+        `name ${describeValue(field.name)} must be a letter or underscore followed by letters, digits or underscores (at most 100)`,
+      );
     }
     if (fieldNames.has(name)) fail(name, 'the field is declared twice');
     fieldNames.add(name);
     if (!Number.isInteger(field.weight) || field.weight < 0 || field.weight > MAX_WEIGHT) {
-      fail(name, `weight ${JSON.stringify(field.weight)} must be an integer from 0 to ${MAX_WEIGHT}`);
+      fail(name, `weight ${describeValue(field.weight)} must be an integer from 0 to ${MAX_WEIGHT}`);
     }
     const type = field.type ?? 'str';
     if (!VALUE_TYPES.includes(type)) {
@@ -216,11 +222,20 @@ function resolveIndex(index: SearchIndex, position: number): ResolvedIndex {
     return { name, weight: field.weight, type, source };
   });
 
-  const display = (index.display ?? []).map((attribute): ResolvedDisplayAttribute => {
+  if (index.display !== undefined && !Array.isArray(index.display)) {
+    fail(undefined, 'display must be an array of attribute names or attributes');
+  }
+  const display = (index.display ?? []).map((attribute, position): ResolvedDisplayAttribute => {
     const declared = typeof attribute === 'string' ? { name: attribute } : attribute;
-    const name = declared?.name;
+    if (typeof declared !== 'object' || declared === null || Array.isArray(declared)) {
+      fail(`display #${position}`, `a display attribute must be a name or an object, not ${describeValue(attribute)}`);
+    }
+    const name = declared.name;
     if (typeof name !== 'string' || !FIELD_NAME_PATTERN.test(name)) {
-      fail(String(name), 'a display attribute needs a name of letters, digits or underscores');
+      fail(
+        `display #${position}`,
+        `name ${describeValue(name)} must be a letter or underscore followed by letters, digits or underscores`,
+      );
     }
     const source = resolveSource(declared.source ?? { column: name }, (problem) => fail(name, problem));
     return { name, source };
@@ -232,8 +247,9 @@ function resolveIndex(index: SearchIndex, position: number): ResolvedIndex {
   }
   for (const [column, value] of Object.entries(where)) {
     requireIdentifier(column, `where column`, fail);
-    if (value !== null && !['string', 'number', 'boolean'].includes(typeof value)) {
-      fail(undefined, `where value for column "${column}" must be a string, number, boolean or null`);
+    const valid = value === null || ['string', 'boolean'].includes(typeof value) || Number.isFinite(value);
+    if (!valid) {
+      fail(undefined, `where value ${describeValue(value)} for column "${column}" must be a string, a finite number, a boolean or null`);
     }
   }
 

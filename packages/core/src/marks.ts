@@ -1,4 +1,4 @@
-import { sql, type Kysely } from 'kysely';
+import { sql, type Kysely, type QueryResult, type RawBuilder } from 'kysely';
 import { ValidationError } from './errors.js';
 import { assertIdentifier, table } from './identifiers.js';
 import type { IndexRegistry, KeyType } from './indexes.js';
@@ -63,7 +63,7 @@ export async function insertMarks(
   // DO UPDATE rather than DO NOTHING so that a deletion after an update in
   // the same transaction is recorded as a deletion. Ids were de-duplicated
   // above, because one INSERT may not update the same row twice.
-  const result = await sql<{ transaction_id: string; target_schema: string; objects: string }>`
+  const result = await runMarkStatement(sql<{ transaction_id: string; target_schema: string; objects: string }>`
     WITH marked AS (
       INSERT INTO ${table(outboxSchema, OUTBOX_TABLE)}
         (transaction_id, target_schema, object_type, object_id, operation)
@@ -76,7 +76,7 @@ export async function insertMarks(
     SELECT pg_current_xact_id()::text AS transaction_id,
            coalesce(${schema}::text, current_schema()) AS target_schema, count(*) AS objects
     FROM marked
-  `.execute(executor);
+  `, executor);
 
   const row = result.rows[0];
   return {
@@ -86,11 +86,36 @@ export async function insertMarks(
   };
 }
 
+/** SQLSTATE of a NOT NULL violation. */
+const NOT_NULL_VIOLATION = '23502';
+
+async function runMarkStatement<Row>(statement: RawBuilder<Row>, executor: Kysely<any>): Promise<QueryResult<Row>> {
+  try {
+    return await statement.execute(executor);
+  } catch (error) {
+    // The only column that can be NULL here is target_schema: current_schema()
+    // is NULL when no schema on the search_path exists.
+    if ((error as { code?: unknown }).code === NOT_NULL_VIOLATION) {
+      throw new ValidationError(
+        'schema',
+        null,
+        "could not be determined because the transaction's search_path names no existing schema; pass { schema } to mark",
+        { cause: error },
+      );
+    }
+    throw error;
+  }
+}
+
 /** Validates ids against the index's key type and returns them as distinct strings. */
 export function normalizeIds(ids: ObjectId | readonly ObjectId[], keyType: KeyType): string[] {
   const list = Array.isArray(ids) ? (ids as readonly ObjectId[]) : [ids as ObjectId];
   if (list.length > MAX_IDS_PER_MARK) {
-    throw new ValidationError('ids', `${list.length} ids`, `exceed the maximum of ${MAX_IDS_PER_MARK} per mark call`);
+    throw new ValidationError(
+      'ids',
+      list.length,
+      `is the number of ids given, above the maximum of ${MAX_IDS_PER_MARK} per mark call; split them into several calls`,
+    );
   }
   const distinct = new Set<string>();
   list.forEach((id, position) => {
@@ -120,7 +145,7 @@ function normalizeId(id: unknown, keyType: KeyType, path: string): string {
   const range = KEY_RANGES[keyType];
   if (range !== undefined) {
     if (!INTEGER_PATTERN.test(text) || BigInt(text) < range[0] || BigInt(text) > range[1]) {
-      throw new ValidationError(path, id, `must be a ${keyType} (an integer from ${range[0]} to ${range[1]})`);
+      throw new ValidationError(path, id, `must be an integer from ${range[0]} to ${range[1]} (key type ${keyType})`);
     }
     return BigInt(text).toString();
   }

@@ -23,6 +23,8 @@ export const OUTBOX_TABLE = 'outbox';
 /** Default schema of the outbox, its migrations and rebuild progress. */
 export const DEFAULT_OUTBOX_SCHEMA = 'search_outbox';
 const MIGRATIONS_TABLE = 'migrations';
+/** Characters of each value in the btree index for exact and starts-with lookups. */
+export const INDEXED_VALUE_PREFIX = 500;
 
 /**
  * Numbered, append-only migrations. A released migration is never edited:
@@ -129,6 +131,22 @@ const MIGRATIONS: readonly Migration[] = [
       await sql`
         CREATE INDEX search_cache_value_trgm_idx ON ${table(schema, CACHE_TABLE)}
         USING gin (value ${sql.id(extensionSchema, 'gin_trgm_ops')})
+      `.execute(trx);
+    },
+  },
+  {
+    version: 3,
+    name: 'index_value_prefix',
+    scope: 'cache',
+    async up(trx, schema) {
+      // A btree entry may not exceed 2704 bytes, so indexing lower(value)
+      // made every value longer than that fail its object's rebuild. The
+      // first 500 characters (at most 2000 bytes of UTF-8) are enough,
+      // because queries are at most 500 characters long.
+      await sql`DROP INDEX ${table(schema, 'search_cache_lower_value_idx')}`.execute(trx);
+      await sql`
+        CREATE INDEX search_cache_lower_value_prefix_idx ON ${table(schema, CACHE_TABLE)}
+        (lower(left(value, ${sql.lit(INDEXED_VALUE_PREFIX)})) text_pattern_ops)
       `.execute(trx);
     },
   },

@@ -1,12 +1,13 @@
-import { sql, type Kysely } from 'kysely';
+import { sql, type Kysely, type Transaction } from 'kysely';
 import { selectKeyChunk } from './cache-rows.js';
 import { validateInteger } from './drain.js';
-import { SearchOutboxError, ValidationError } from './errors.js';
+import { errorMessage, SearchOutboxError, ValidationError } from './errors.js';
 import { assertIdentifier, table } from './identifiers.js';
 import type { IndexRegistry, ResolvedIndex } from './indexes.js';
 import type { Logger } from './logger.js';
 import { CACHE_TABLE } from './migrations.js';
-import { lockObjects, replaceObjects, type ObjectKey } from './replace-objects.js';
+import { insertMarks } from './marks.js';
+import { lockObjects, replaceObjectsIsolated, type ObjectKey } from './replace-objects.js';
 
 export interface RebuildOptions {
   /** Schema of the source tables and the cache. Default: `public`. */
@@ -45,6 +46,12 @@ export interface RebuiltType {
   readonly rows: number;
   /** Cache rows removed because their object no longer exists. */
   readonly staleRowsRemoved: number;
+  /**
+   * Objects whose rebuild failed. They keep their old cache rows and are
+   * marked in the outbox, so that the drain retries them and parks them as
+   * dead after its attempt limit.
+   */
+  readonly failed: number;
   /** True when this run continued an interrupted rebuild. */
   readonly resumed: boolean;
 }
@@ -87,7 +94,7 @@ export async function rebuildCache(
       aborted = true;
       break;
     }
-    const result = await rebuildType(db, outboxSchema, registry, schema, index, chunkSize, options);
+    const result = await rebuildType(db, outboxSchema, registry, schema, index, chunkSize, options, logger);
     if (result === undefined) {
       aborted = true;
       break;
@@ -118,6 +125,7 @@ async function rebuildType(
   index: ResolvedIndex,
   chunkSize: number,
   options: RebuildOptions,
+  logger: Logger,
 ): Promise<RebuiltType | undefined> {
   const progressTable = table(outboxSchema, PROGRESS_TABLE);
   const total = await countRows(db, schema, index);
@@ -125,6 +133,7 @@ async function rebuildType(
   let lastKey = start.lastKey;
   let done = start.objects;
   let rows = 0;
+  let failed = 0;
 
   for (;;) {
     if (options.signal?.aborted === true) return undefined;
@@ -135,10 +144,13 @@ async function rebuildType(
         objectType: index.objectType,
         objectId: row.object_id,
       }));
-      if (objectKeys.length === 0) return { objects: 0, rows: 0, lastKey };
+      if (objectKeys.length === 0) return { objects: 0, rows: 0, failed: 0, lastKey };
 
       await lockObjects(trx, objectKeys);
-      const counts = await replaceObjects(trx, registry, schema, objectKeys);
+      const counts = new Map<string, number>();
+      const failures: { object: ObjectKey; error: unknown }[] = [];
+      await replaceObjectsIsolated(trx, registry, schema, objectKeys, counts, failures);
+      await handOverFailures(trx, outboxSchema, registry, schema, index, failures, logger);
       const chunkLastKey = objectKeys[objectKeys.length - 1]?.objectId ?? null;
       await sql`
         UPDATE ${progressTable}
@@ -147,12 +159,13 @@ async function rebuildType(
       `.execute(trx);
       let chunkRows = 0;
       for (const count of counts.values()) chunkRows += count;
-      return { objects: objectKeys.length, rows: chunkRows, lastKey: chunkLastKey };
+      return { objects: objectKeys.length, rows: chunkRows, failed: failures.length, lastKey: chunkLastKey };
     });
     if (chunk.objects === 0) break;
     lastKey = chunk.lastKey;
     done += chunk.objects;
     rows += chunk.rows;
+    failed += chunk.failed;
     options.onProgress?.({ objectType: index.objectType, done, total: Math.max(total, done) });
   }
 
@@ -176,8 +189,36 @@ async function rebuildType(
     objects: done,
     rows,
     staleRowsRemoved: Number(stale.numAffectedRows ?? 0),
+    failed,
     resumed: start.resumed,
   };
+}
+
+/**
+ * Marks the objects whose rebuild failed, in the chunk's transaction, and
+ * logs each one. The drain then retries them with attempts and backoff, so
+ * one bad object neither stops the rebuild nor goes unnoticed.
+ */
+async function handOverFailures(
+  trx: Transaction<any>,
+  outboxSchema: string,
+  registry: IndexRegistry,
+  schema: string,
+  index: ResolvedIndex,
+  failures: readonly { object: ObjectKey; error: unknown }[],
+  logger: Logger,
+): Promise<void> {
+  if (failures.length === 0) return;
+  const ids = failures.map((failure) => failure.object.objectId);
+  await insertMarks(trx, outboxSchema, registry, index.objectType, ids, 'upsert', { schema });
+  for (const { object, error } of failures) {
+    logger.warn('object rebuild failed during a full rebuild; it keeps its old rows and was marked for the drain', {
+      schema,
+      objectType: object.objectType,
+      objectId: object.objectId,
+      error: errorMessage(error),
+    });
+  }
 }
 
 /** Continues an unfinished rebuild of the type, or records the start of a new one. */

@@ -83,3 +83,54 @@ export async function replaceObjects(
   }
   return rowCounts;
 }
+
+/**
+ * SQLSTATE classes after which the transaction or the connection is
+ * unusable, so retrying object by object inside it is pointless. They are 08
+ * connection exception, 40 transaction rollback, 53 insufficient resources,
+ * 57 operator intervention, 58 system error and XX internal error. A
+ * statement timeout (57014) is the exception, because one object can cause it.
+ */
+const FATAL_SQLSTATE_CLASSES = new Set(['08', '40', '53', '57', '58', 'XX']);
+
+/**
+ * Rebuilds the objects in one set-based step. When that fails on the data
+ * of some object, the step is rolled back to a savepoint and the objects
+ * are split in halves until each failing object is alone, so one bad
+ * object costs O(log n) extra statements and never holds up the rest.
+ */
+export async function replaceObjectsIsolated<Key extends ObjectKey>(
+  trx: Transaction<any>,
+  registry: IndexRegistry,
+  schema: string,
+  objects: readonly Key[],
+  rebuiltKeys: Map<string, number>,
+  failures: { object: Key; error: unknown }[],
+): Promise<void> {
+  await sql`SAVEPOINT search_outbox_rebuild`.execute(trx);
+  try {
+    const counts = await replaceObjects(trx, registry, schema, objects);
+    await sql`RELEASE SAVEPOINT search_outbox_rebuild`.execute(trx);
+    for (const [key, rows] of counts) rebuiltKeys.set(key, rows);
+    return;
+  } catch (error) {
+    if (isFatal(error)) throw error;
+    await sql`ROLLBACK TO SAVEPOINT search_outbox_rebuild`.execute(trx);
+    await sql`RELEASE SAVEPOINT search_outbox_rebuild`.execute(trx);
+    const [only] = objects;
+    if (objects.length === 1 && only !== undefined) {
+      failures.push({ object: only, error });
+      return;
+    }
+  }
+  const middle = Math.ceil(objects.length / 2);
+  await replaceObjectsIsolated(trx, registry, schema, objects.slice(0, middle), rebuiltKeys, failures);
+  await replaceObjectsIsolated(trx, registry, schema, objects.slice(middle), rebuiltKeys, failures);
+}
+
+function isFatal(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  if (typeof code !== 'string' || code.length !== 5) return true;
+  if (code === '57014') return false;
+  return FATAL_SQLSTATE_CLASSES.has(code.slice(0, 2));
+}

@@ -82,8 +82,9 @@ export class SearchOutbox {
   #dispatchFailures = 0;
 
   constructor(options: SearchOutboxOptions) {
-    if (typeof options !== 'object' || options === null || options.db === undefined) {
-      throw new ValidationError('options.db', options?.db, 'must be a Kysely instance');
+    const db: unknown = options?.db;
+    if (typeof db !== 'object' || db === null || typeof (db as Kysely<any>).transaction !== 'function') {
+      throw new ValidationError('options.db', db, 'must be a Kysely instance');
     }
     this.db = options.db;
     this.indexes = options.indexes instanceof IndexRegistry ? options.indexes : defineIndexes(options.indexes);

@@ -6,7 +6,7 @@ import { ValidationError } from './errors.js';
 import { assertIdentifier, table } from './identifiers.js';
 import type { IndexRegistry } from './indexes.js';
 import type { Logger } from './logger.js';
-import { CACHE_TABLE } from './migrations.js';
+import { CACHE_TABLE, INDEXED_VALUE_PREFIX } from './migrations.js';
 
 /**
  * Lookups: `partial` is a case-insensitive substring match, `exact`,
@@ -147,11 +147,15 @@ function matchCondition(query: string, lookup: Lookup): RawBuilder<unknown> {
     case 'partial':
       condition = sql`value ILIKE ${`%${escaped}%`}`;
       break;
+    // The first condition matches the btree index on the value's first
+    // characters; the second checks the whole value. Both lower the query in
+    // PostgreSQL, so that every lookup folds case the same way.
     case 'exact':
-      condition = sql`lower(value) = lower(${query})`;
+      condition = sql`lower(left(value, ${sql.lit(INDEXED_VALUE_PREFIX)})) = lower(${query}) AND lower(value) = lower(${query})`;
       break;
     case 'startswith':
-      condition = sql`lower(value) LIKE ${`${escapeLike(query.toLowerCase())}%`}`;
+      condition = sql`lower(left(value, ${sql.lit(INDEXED_VALUE_PREFIX)})) LIKE (lower(${escaped}) || '%')
+        AND lower(value) LIKE (lower(${escaped}) || '%')`;
       break;
     case 'endswith':
       condition = sql`value ILIKE ${`%${escaped}`}`;
@@ -165,7 +169,7 @@ function matchCondition(query: string, lookup: Lookup): RawBuilder<unknown> {
   if (address === undefined || lookup === 'regex') return condition;
   // These expressions repeat the cache's IP indexes, so the planner uses them
   // and no value of another type is ever cast to inet.
-  const hostMatch = sql`(type = 'inet' AND (CASE WHEN type = 'inet' THEN host(value::inet) END) = ${address})`;
+  const hostMatch = sql`(type = 'inet' AND (CASE WHEN type = 'inet' THEN host(value::inet) END) = host(${address}::inet))`;
   if (lookup !== 'partial') return sql`${condition} OR ${hostMatch}`;
   const containingPrefix = sql`(type = 'cidr' AND (CASE WHEN type = 'cidr' THEN value::cidr END) >>= ${address}::inet)`;
   return sql`${condition} OR ${hostMatch} OR ${containingPrefix}`;
@@ -173,6 +177,8 @@ function matchCondition(query: string, lookup: Lookup): RawBuilder<unknown> {
 
 /** Returns the address of a query such as `10.0.0.1`, `10.0.0.1/24` or `2001:db8::1`, or undefined. */
 function parseIpAddress(query: string): string | undefined {
+  // Node accepts IPv6 zone ids (fe80::1%eth0), which PostgreSQL's inet rejects.
+  if (query.includes('%')) return undefined;
   const slash = query.indexOf('/');
   const host = slash === -1 ? query : query.slice(0, slash);
   if (slash !== -1) {
