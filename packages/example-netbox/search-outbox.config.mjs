@@ -1,5 +1,5 @@
 // Configuration of the search-outbox CLI for the example application:
-//   search-outbox search --config packages/example-netbox/search-outbox.config.mjs "akron"
+//   npm run cli -- search --config packages/example-netbox/search-outbox.config.mjs "akron"
 // Build the package first (npx turbo run build), because this imports its dist/.
 import { DEMO_SCHEMA, loadDemoIndexes } from './dist/index.js';
 

@@ -1,10 +1,13 @@
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createSearchOutbox, migrate } from '@search-outbox/core';
 import { buildDemoModel, createApplicationTables, createExampleOutbox, loadDemoData } from '@search-outbox/example-netbox';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';
 
@@ -18,12 +21,28 @@ interface CliRun {
   readonly stderr: string;
 }
 
-/** Runs the built CLI with only the environment variables given here (plus PATH), so the caller's DATABASE_URL never leaks in. */
+/**
+ * Environment variables of the caller that reach the CLI. DATABASE_URL and
+ * SEARCH_OUTBOX_CONFIG stay out, because the tests choose the database and
+ * the configuration themselves (and test the CLI without either).
+ */
+const PASSED_THROUGH = ['PATH', 'SEARCH_OUTBOX_DEMO_DATA'] as const;
+
+function callerEnvironment(): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const name of PASSED_THROUGH) {
+    const value = process.env[name];
+    if (value !== undefined) env[name] = value;
+  }
+  return env;
+}
+
+/** Runs the built CLI to its exit, with the caller's PASSED_THROUGH variables plus `env`. */
 function runCli(args: readonly string[], env: Record<string, string> = {}, cwd = REPO_ROOT): Promise<CliRun> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [BIN, ...args], {
       cwd,
-      env: { PATH: process.env.PATH ?? '', ...env },
+      env: { ...callerEnvironment(), ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stdout = '';
@@ -118,6 +137,76 @@ describe('search-outbox CLI without a database', () => {
     const run = await runCli(['status'], { DATABASE_URL: `postgres://postgres@127.0.0.1:${port}/postgres` });
     expect(run.code).toBe(1);
     expect(run.stderr).toContain('error:');
+  });
+  it('lists the environment variables in help', async () => {
+    const run = await runCli(['--help']);
+    expect(run.code).toBe(0);
+    expect(run.stdout).toContain('DATABASE_URL');
+    expect(run.stdout).toContain('SEARCH_OUTBOX_CONFIG');
+    expect(run.stdout).toContain('SEARCH_OUTBOX_DEMO_DATA');
+    expect(run.stdout).toContain('<repo>/../shared/data/netbox-demo');
+  });
+
+  it('rejects an unparseable --database-url with exit code 2', async () => {
+    const run = await runCli(['status', '--database-url', 'postgres://reader:s3cret-pass@127.0.0.1:notaport/db']);
+    expect(run.code).toBe(2);
+    expect(run.stderr).toContain('Invalid --database-url: "postgres://reader:****@127.0.0.1:notaport/db"');
+    expect(run.stderr).not.toContain('s3cret-pass');
+  });
+
+  it('rejects a non-PostgreSQL DATABASE_URL with exit code 2', async () => {
+    const run = await runCli(['status'], { DATABASE_URL: 'mysql://reader:s3cret-pass@127.0.0.1/db' });
+    expect(run.code).toBe(2);
+    expect(run.stderr).toContain('Invalid DATABASE_URL: "mysql://reader:****@127.0.0.1/db"');
+    expect(run.stderr).not.toContain('s3cret-pass');
+  });
+
+  it('masks a password query parameter', async () => {
+    const run = await runCli(['status', '--database-url', 'postgres://127.0.0.1:99999/db?password=s3cret-pass']);
+    expect(run.code).toBe(2);
+    expect(run.stderr).toContain('Invalid --database-url: "postgres://127.0.0.1:99999/db?password=****"');
+    expect(run.stderr).not.toContain('s3cret-pass');
+  });
+
+  it('names --cache-schema in its error', async () => {
+    const run = await runCli(['migrate', '--cache-schema', 'public', '--cache-schema', 'Bad-Schema']);
+    expect(run.code).toBe(2);
+    expect(run.stderr).toContain('Invalid --cache-schema: "Bad-Schema" is not a valid schema name');
+  });
+
+  it('names the configuration file of an invalid schema', async () => {
+    const directory = mkdtempSync(join(tmpdir(), 'search-outbox-cli-'));
+    try {
+      const cases = [
+        { name: 'schema', source: 'export const schema = "Bad-Schema";', shown: '"Bad-Schema"' },
+        { name: 'outboxSchema', source: 'export const outboxSchema = "outbox; drop";', shown: '"outbox; drop"' },
+        { name: 'cacheSchemas[1]', source: 'export const cacheSchemas = ["public", "9lives"];', shown: '"9lives"' },
+      ];
+      for (const { name, source, shown } of cases) {
+        const file = join(directory, `${name.replace(/\W/g, '_')}.config.mjs`);
+        writeFileSync(file, `export const indexes = [];\n${source}\n`);
+        const run = await runCli(['migrate', '--config', file]);
+        expect(run.code, name).toBe(2);
+        expect(run.stderr, name).toContain(`Invalid "${name}" in configuration ${file}: ${shown} is not a valid schema name`);
+      }
+    } finally {
+      rmSync(directory, { recursive: true, force: true });
+    }
+  });
+
+  it('reads SEARCH_OUTBOX_DEMO_DATA of the caller', async () => {
+    const directory = mkdtempSync(join(tmpdir(), 'search-outbox-cli-'));
+    const previous = process.env.SEARCH_OUTBOX_DEMO_DATA;
+    process.env.SEARCH_OUTBOX_DEMO_DATA = directory;
+    try {
+      const run = await runCli(['demo']);
+      expect(run.code).toBe(1);
+      expect(run.stderr).toContain(`NetBox demo data not found: ${directory} has no search-indexes.json`);
+    } finally {
+      if (previous === undefined) delete process.env.SEARCH_OUTBOX_DEMO_DATA;
+      else process.env.SEARCH_OUTBOX_DEMO_DATA = previous;
+      rmSync(directory, { recursive: true, force: true });
+    }
   });
 });
 
@@ -238,5 +327,84 @@ describe('search-outbox CLI on the NetBox data', () => {
     const run = await runCli(['retry', '--config', CONFIG, '--id', '7'], env);
     expect(run.code).toBe(2);
     expect(run.stderr).toContain('Invalid --id: "7" needs --type');
+  });
+
+  it('names --id for an invalid id', async () => {
+    const run = await runCli(['retry', '--config', CONFIG, '--type', 'dcim.site', '--id', 'abc'], env);
+    expect(run.code).toBe(2);
+    expect(run.stderr).toContain('Invalid --id: "abc" must be a');
+  });
+
+  it('names --id for an invalid id of several', async () => {
+    const run = await runCli(['retry', '--config', CONFIG, '--type', 'dcim.site', '--id', '7', '--id', 'abc'], env);
+    expect(run.code).toBe(2);
+    expect(run.stderr).toContain('Invalid --id: "abc" must be a');
+  });
+});
+
+describe('search-outbox CLI when its backend is terminated', () => {
+  const WIDGETS = 30_000;
+  let database: TestDatabase;
+  let directory: string;
+  let config: string;
+
+  beforeAll(async () => {
+    database = await createTestDatabase('cli_terminate');
+    directory = mkdtempSync(join(tmpdir(), 'search-outbox-cli-'));
+    config = join(directory, 'search-outbox.config.mjs');
+    const indexes = [{ objectType: 'test.widget', table: 'widget', fields: [{ name: 'name', weight: 100 }] }];
+    writeFileSync(config, `export const indexes = ${JSON.stringify(indexes)};\n`);
+
+    await migrate(database.db);
+    await sql`CREATE TABLE widget (id bigint PRIMARY KEY, name text NOT NULL)`.execute(database.db);
+    await sql`INSERT INTO widget SELECT i, 'widget ' || i FROM generate_series(1, ${WIDGETS}) AS i`.execute(database.db);
+    const outbox = createSearchOutbox({ db: database.db, indexes, dispatcher: 'none' });
+    const ids = Array.from({ length: WIDGETS }, (_, position) => position + 1);
+    await outbox.mark(database.db, 'test.widget', ids);
+  });
+
+  afterAll(async () => {
+    await database?.destroy();
+    if (directory !== undefined) rmSync(directory, { recursive: true, force: true });
+  });
+
+  it('exits 1 with an error line and keeps the rows', async () => {
+    const applicationName = `search_outbox_cli_${randomBytes(4).toString('hex')}`;
+    const url = new URL(database.url);
+    url.searchParams.set('application_name', applicationName);
+
+    let exited = false;
+    const running = runCli(['drain', '--config', config, '--batch-size', '10000'], { DATABASE_URL: url.toString() }).finally(
+      () => (exited = true),
+    );
+
+    // A backend with a transaction id is inside a drain batch, so its client is checked out.
+    let terminated = 0;
+    while (!exited && terminated === 0) {
+      const result = await sql<{ pid: number }>`
+        SELECT pid FROM pg_stat_activity
+        WHERE application_name = ${applicationName} AND backend_xid IS NOT NULL AND pg_terminate_backend(pid)
+      `.execute(database.db);
+      terminated = result.rows.length;
+      if (terminated === 0) await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    const run = await running;
+
+    expect(terminated, 'the drain finished before its backend was terminated').toBeGreaterThan(0);
+    expect(run.code).toBe(1);
+    expect(run.stderr).toMatch(/^error: /m);
+    expect(run.stderr).not.toContain("Unhandled 'error' event");
+    expect(run.stderr).not.toMatch(/^\s+at /m);
+
+    const pending = await sql<{ count: string }>`
+      SELECT count(*) FROM search_outbox.outbox WHERE state = 'pending'
+    `.execute(database.db);
+    const cached = await sql<{ count: string }>`
+      SELECT count(DISTINCT object_id) FROM public.search_cache WHERE object_type = 'test.widget'
+    `.execute(database.db);
+    const pendingCount = Number(pending.rows[0]?.count);
+    const cachedCount = Number(cached.rows[0]?.count);
+    expect(pendingCount).toBeGreaterThan(0);
+    expect(pendingCount + cachedCount).toBe(WIDGETS);
   });
 });

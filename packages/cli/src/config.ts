@@ -1,8 +1,9 @@
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { defineIndexes, DEFAULT_OUTBOX_SCHEMA, IndexRegistry, type SearchIndex } from '@search-outbox/core';
+import { defineIndexes, DEFAULT_OUTBOX_SCHEMA, describeValue, IndexRegistry, type SearchIndex } from '@search-outbox/core';
 import { UsageError } from './errors.js';
+import { isSchemaName, SCHEMA_NAME_RULE } from './options.js';
 
 /** Names of the configuration module looked up in the working directory when none is given. */
 export const DEFAULT_CONFIG_FILES = ['search-outbox.config.js', 'search-outbox.config.mjs'] as const;
@@ -96,20 +97,29 @@ function readConfigModule(path: string, module: Record<string, unknown>): CliCon
     );
   }
 
-  const outboxSchema = optionalString(path, settings, 'outboxSchema') ?? DEFAULT_OUTBOX_SCHEMA;
-  const schema = optionalString(path, settings, 'schema') ?? 'public';
+  const outboxSchema = optionalSchema(path, settings, 'outboxSchema') ?? DEFAULT_OUTBOX_SCHEMA;
+  const schema = optionalSchema(path, settings, 'schema') ?? 'public';
   const cacheSchemas = settings.cacheSchemas;
   if (cacheSchemas !== undefined && (!Array.isArray(cacheSchemas) || !cacheSchemas.every((item) => typeof item === 'string'))) {
     throw new UsageError(`Invalid configuration ${path}: "cacheSchemas" must be an array of schema names`);
   }
+  (cacheSchemas as string[] | undefined)?.forEach((item, position) => checkSchema(path, `cacheSchemas[${position}]`, item));
   return { path, indexes, outboxSchema, schema, cacheSchemas: (cacheSchemas as string[] | undefined) ?? [schema] };
 }
 
-function optionalString(path: string, settings: Record<string, unknown>, name: string): string | undefined {
+function optionalSchema(path: string, settings: Record<string, unknown>, name: string): string | undefined {
   const value = settings[name];
   if (value === undefined) return undefined;
   if (typeof value !== 'string' || value === '') {
     throw new UsageError(`Invalid configuration ${path}: "${name}" must be a non-empty string`);
+  }
+  return checkSchema(path, name, value);
+}
+
+/** Throws a UsageError naming the configuration file and the export unless `value` is a valid schema name. */
+function checkSchema(path: string, name: string, value: string): string {
+  if (!isSchemaName(value)) {
+    throw new UsageError(`Invalid "${name}" in configuration ${path}: ${describeValue(value)} ${SCHEMA_NAME_RULE}`);
   }
   return value;
 }

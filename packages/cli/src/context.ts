@@ -2,6 +2,7 @@ import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
 import { createSearchOutbox, type Logger, type SearchOutbox } from '@search-outbox/core';
 import { loadConfig, type CliConfig } from './config.js';
+import { checkDatabaseUrl } from './database-url.js';
 import type { CliEnvironment } from './environment.js';
 import { UsageError } from './errors.js';
 import { createStreamLogger } from './logger.js';
@@ -40,9 +41,15 @@ export class CommandContext {
     return this.options.json === true;
   }
 
-  /** `--database-url`, else `DATABASE_URL`, else undefined. */
+  /**
+   * `--database-url`, else `DATABASE_URL`, else undefined. Throws a
+   * ValidationError naming the option or the variable when the connection
+   * string is invalid.
+   */
   get databaseUrl(): string | undefined {
-    return this.options.databaseUrl ?? this.environment.databaseUrl;
+    if (this.options.databaseUrl !== undefined) return checkDatabaseUrl('--database-url', this.options.databaseUrl);
+    if (this.environment.databaseUrl !== undefined) return checkDatabaseUrl('DATABASE_URL', this.environment.databaseUrl);
+    return undefined;
   }
 
   /** Creates a progress bar on stderr when it is a terminal and the output is not JSON. */
@@ -91,12 +98,16 @@ export class CommandContext {
     if (url === undefined) {
       throw new UsageError('No database given: pass --database-url <url> or set DATABASE_URL');
     }
-    if (!/^postgres(ql)?:\/\//.test(url)) {
-      throw new UsageError('Invalid database URL: expected postgres://user:password@host:port/database');
-    }
     const pool = new pg.Pool({ connectionString: url, max: 4 });
-    // An idle client that loses its connection emits an error on the pool; without a listener it would crash the process.
-    pool.on('error', (error) => this.logger.warn('idle database connection failed', { error: error.message }));
+    // pg emits 'error' on a client whose connection fails, checked out or idle
+    // (for example when pg_terminate_backend ends its backend), and an 'error'
+    // event without a listener crashes the process. With this listener the
+    // query in flight rejects and the command ends through its normal error path.
+    pool.on('connect', (client) => {
+      client.on('error', (error) => this.logger.warn('database connection failed', { error: error.message }));
+    });
+    // The pool re-emits the error of an idle client, which the listener above has logged already.
+    pool.on('error', () => undefined);
     return new Kysely<any>({ dialect: new PostgresDialect({ pool }) });
   }
 }

@@ -1,4 +1,4 @@
-import { IndexDeclarationError, ValidationError } from '@search-outbox/core';
+import { describeValue, IndexDeclarationError, ValidationError } from '@search-outbox/core';
 import { CommanderError } from 'commander';
 
 /** Exit codes of `search-outbox`. */
@@ -25,4 +25,23 @@ export function exitCodeOf(error: unknown): number {
     return EXIT_USAGE;
   }
   return EXIT_FAILURE;
+}
+
+/**
+ * Runs `work` and rethrows a ValidationError of core under the name the user
+ * typed. Core names the value by its API path (`id`, `ids[2]`), and `rename`
+ * maps such a path to the option (`--id`), or returns undefined to keep the error.
+ */
+export async function withOptionNames<T>(rename: (path: string) => string | undefined, work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (error) {
+    if (!(error instanceof ValidationError)) throw error;
+    const option = rename(error.path);
+    if (option === undefined) throw error;
+    // ValidationError builds its message as `Invalid <path>: <value> <rule>`, so the rule is what follows that prefix.
+    const prefix = `Invalid ${error.path}: ${describeValue(error.value)} `;
+    const rule = error.message.startsWith(prefix) ? error.message.slice(prefix.length) : `is invalid: ${error.message}`;
+    throw new ValidationError(option, error.value, rule, { cause: error });
+  }
 }

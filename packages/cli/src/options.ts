@@ -48,14 +48,17 @@ export function collect(value: string, previous: string[] | undefined): string[]
 
 const SCHEMA_PATTERN = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/;
 
+/** The rule that a schema name breaks, for error messages. */
+export const SCHEMA_NAME_RULE =
+  'is not a valid schema name; use a letter or underscore followed by letters, digits or underscores (at most 63)';
+
+/** Returns whether `value` is a schema name the CLI accepts: an unquoted PostgreSQL identifier. */
+export function isSchemaName(value: unknown): value is string {
+  return typeof value === 'string' && SCHEMA_PATTERN.test(value);
+}
+
 /** Checks a schema name option: an unquoted PostgreSQL identifier. */
 export function parseSchema(name: string, text: string): string {
-  if (!SCHEMA_PATTERN.test(text)) {
-    throw new ValidationError(
-      name,
-      text,
-      'is not a valid schema name; use a letter or underscore followed by letters, digits or underscores (at most 63)',
-    );
-  }
+  if (!isSchemaName(text)) throw new ValidationError(name, text, SCHEMA_NAME_RULE);
   return text;
 }

@@ -27,8 +27,10 @@ Exit codes:
   2  invalid usage or input (unknown option, invalid value, missing or invalid configuration)
 
 Environment:
-  DATABASE_URL          connection string, used when --database-url is not given
-  SEARCH_OUTBOX_CONFIG  configuration module, used when --config is not given`;
+  DATABASE_URL             PostgreSQL connection string, used when --database-url is not given
+  SEARCH_OUTBOX_CONFIG     configuration module, used when --config is not given
+  SEARCH_OUTBOX_DEMO_DATA  directory of the NetBox demo CSV files for \`demo\`, used when --data is not given
+                           (default: <repo>/../shared/data/netbox-demo, beside the repository)`;
 
 /**
  * Parses `argv` (without the node and script paths) and runs the command.

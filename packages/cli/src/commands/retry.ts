@@ -1,6 +1,6 @@
 import { Command } from 'commander';
 import { assertMigrated, ValidationError } from '@search-outbox/core';
-import { EXIT_SUCCESS } from '../errors.js';
+import { EXIT_SUCCESS, withOptionNames } from '../errors.js';
 import { collect } from '../options.js';
 import type { CommandBuilder } from '../program.js';
 
@@ -24,10 +24,13 @@ export function registerRetry(program: Command, build: CommandBuilder): void {
     return context.withOutbox(true, async (outbox, config, db) => {
       await assertMigrated(db, config.outboxSchema);
       const objectType = options.type === undefined ? undefined : outbox.indexes.get(options.type, '--type').objectType;
-      const result = await outbox.retry({
-        ...(objectType === undefined ? {} : { objectType }),
-        ...(options.id === undefined ? {} : { objectIds: options.id }),
-      });
+      const objectIds = options.id;
+      const result = await withOptionNames(renameIdPath, () =>
+        outbox.retry({
+          ...(objectType === undefined ? {} : { objectType }),
+          ...(objectIds === undefined ? {} : { objectIds }),
+        }),
+      );
 
       if (context.json) {
         context.printJson(result);
@@ -37,4 +40,9 @@ export function registerRetry(program: Command, build: CommandBuilder): void {
       return EXIT_SUCCESS;
     });
   });
+}
+
+/** Maps the paths under which core rejects object ids (`id`, `ids`, `ids[2]`, `objectIds`) to `--id`. */
+function renameIdPath(path: string): string | undefined {
+  return /^(id|ids|ids\[\d+\]|objectIds)$/.test(path) ? '--id' : undefined;
 }
