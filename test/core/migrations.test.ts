@@ -101,6 +101,24 @@ describe('migrate', () => {
     await expect(attempt).rejects.toThrow(/at version 3, but this version of search-outbox knows versions up to 2/);
   });
 
+  test('reinstalls the cache of a dropped and re-created schema', async () => {
+    const { db } = await freshDatabase();
+    await migrate(db, { cacheSchemas: ['tenant_a'] });
+    await sql`DROP SCHEMA tenant_a CASCADE`.execute(db);
+    await sql`CREATE SCHEMA tenant_a`.execute(db);
+    const again = await migrate(db, { cacheSchemas: ['tenant_a'] });
+
+    expect(again.applied.map((m) => `${m.schema}:${m.scope}:${m.version}`)).toEqual([
+      'tenant_a:cache:1',
+      'tenant_a:cache:2',
+      'tenant_a:cache:3',
+    ]);
+    const present = await sql<{ present: boolean }>`
+      SELECT to_regclass('tenant_a.search_cache') IS NOT NULL AS present
+    `.execute(db);
+    expect(present.rows[0]?.present).toBe(true);
+  });
+
   test('creates the trigram index when pg_trgm is available', async () => {
     const { db } = await freshDatabase();
     await migrate(db);

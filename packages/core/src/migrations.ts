@@ -211,6 +211,7 @@ export async function migrate(db: Kysely<any>, options: MigrateOptions = {}): Pr
   ];
   const applied: AppliedMigration[] = [];
   for (const target of targets) {
+    if (target.scope === 'cache') await forgetDroppedCache(db, outboxSchema, target.schema, logger);
     for (const migration of MIGRATIONS.filter((m) => m.scope === target.scope)) {
       const ran = await applyMigration(db, outboxSchema, target.schema, migration, logger);
       if (ran) applied.push({ schema: target.schema, scope: target.scope, version: migration.version, name: migration.name });
@@ -261,6 +262,24 @@ async function applyMigration(
       durationMs: Date.now() - started,
     });
     return true;
+  });
+}
+
+/**
+ * Deletes the migration records of a cache schema whose cache table is gone
+ * (the schema was dropped, for example), so that its migrations run again.
+ */
+async function forgetDroppedCache(db: Kysely<any>, outboxSchema: string, schema: string, logger: Logger): Promise<void> {
+  await db.transaction().execute(async (trx) => {
+    await takeMigrationLock(trx, outboxSchema);
+    const removed = await sql`
+      DELETE FROM ${table(outboxSchema, MIGRATIONS_TABLE)}
+      WHERE target_schema = ${schema} AND scope = 'cache'
+        AND to_regclass(quote_ident(${schema}) || '.' || ${CACHE_TABLE}) IS NULL
+    `.execute(trx);
+    if (Number(removed.numAffectedRows ?? 0) > 0) {
+      logger.warn('the cache table of a migrated schema is gone; migrating that schema again', { schema });
+    }
   });
 }
 
