@@ -1,0 +1,12 @@
+export { createDrainerHandlers } from './handlers.js';
+export type { DrainerHandlers, DrainerHandlersOptions, InvokeResult, SweepResult } from './handlers.js';
+export { createSqsDispatcher, dispatcherFromEnvironment, validateQueueUrl } from './sqs-dispatcher.js';
+export type { SqsDispatcherOptions } from './sqs-dispatcher.js';
+export { NUDGE_KIND, parseNudge } from './nudge.js';
+export type { NudgeMessage } from './nudge.js';
+export { INVOKE_ACTIONS, parseInvokePayload } from './invoke-payload.js';
+export type { InvokeAction, InvokePayload } from './invoke-payload.js';
+export { ENVIRONMENT_VARIABLES, readDrainerConfig } from './config.js';
+export type { DatabaseCredentials, DrainerConfig, SslMode } from './config.js';
+export { createDrainerDatabase, isConnectionError, withReconnect } from './database.js';
+export type { DrainerDatabase, DrainerDatabaseOptions } from './database.js';
