@@ -1,7 +1,7 @@
 import { ValidationError } from '@search-outbox/core';
 import { validateQueueUrl } from './sqs-dispatcher.js';
 
-/** How the drainer connects: a full connection string, or host and user with a password source. */
+/** Database credentials: a full connection string, or host and user with a password source. */
 export type DatabaseCredentials =
   | { readonly kind: 'url'; readonly connectionString: string }
   | {

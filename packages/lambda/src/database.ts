@@ -24,7 +24,7 @@ const IAM_TOKEN_REUSE_MS = 10 * 60 * 1000;
  * Creates the pool lazily (pg connects on the first query) with server-side
  * statement and idle-in-transaction timeouts. A connection that dies, for
  * example while the function was frozen, is logged and dropped by the pool
- * instead of crashing the process; `withReconnect` retries the work once.
+ * instead of crashing the process. `withReconnect` retries the work once.
  */
 export function createDrainerDatabase(
   config: DrainerConfig,

@@ -255,7 +255,7 @@ function recordsOf(event: SQSEvent): SQSEvent['Records'] {
   return event.Records;
 }
 
-/** The moment to stop starting batches: the function's deadline minus the margin. */
+/** Returns the moment to stop starting batches: the function's deadline minus the margin. */
 function deadlineOf(context: Context, config: DrainerConfig): number {
   const remaining = typeof context?.getRemainingTimeInMillis === 'function' ? context.getRemainingTimeInMillis() : 60_000;
   return Date.now() + remaining - config.deadlineMarginMs;

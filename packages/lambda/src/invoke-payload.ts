@@ -41,7 +41,7 @@ export function parseInvokePayload(payload: unknown): InvokePayload {
   for (const key of Object.keys(fields)) {
     if (key !== 'action' && !allowed.includes(key)) {
       const accepted = allowed.length === 0 ? 'no other fields' : allowed.join(', ');
-      throw new ValidationError(`payload.${key}`, fields[key], `is not a field of action "${action}"; it accepts ${accepted}`);
+      throw new ValidationError(`payload.${key}`, fields[key], `is not a field of action "${action}", which accepts ${accepted}`);
     }
   }
 
