@@ -95,6 +95,9 @@ export function createDrainerHandlers(options: DrainerHandlersOptions): DrainerH
           fetchData: { databaseSecret: credentials.secretId as string },
           setToContext: true,
           cacheExpiry: SECRET_CACHE_MS,
+          // Fetch on the first invocation, not at import: importing the
+          // bundle must never call AWS (tests and tools import it offline).
+          disablePrefetch: true,
         }) as MiddlewareObj,
         {
           before: async (request) => {
