@@ -1,0 +1,2 @@
+// Entry of the sqs function's bundle: Lambda calls its export `handler`.
+export { sqsHandler as handler } from './handler.js';
