@@ -1,7 +1,9 @@
 import { Command, CommanderError, Option } from 'commander';
 import { errorMessage } from '@search-outbox/core';
 import { registerDemo } from './commands/demo.js';
+import { registerDev } from './commands/dev.js';
 import { registerDrain } from './commands/drain.js';
+import { registerInvoke } from './commands/invoke.js';
 import { registerMigrate } from './commands/migrate.js';
 import { registerRebuild } from './commands/rebuild.js';
 import { registerRetry } from './commands/retry.js';
@@ -96,7 +98,9 @@ function createProgram(streams: CliStreams, build: CommandBuilder): Command {
   registerStatus(program, build);
   registerSearch(program, build);
   registerRetry(program, build);
+  registerInvoke(program, build);
   registerDemo(program, build);
+  registerDev(program, build);
 
   return program;
 }
