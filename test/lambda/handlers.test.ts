@@ -381,6 +381,18 @@ describe('configuration', () => {
     expect(() => readDrainerConfig({ DATABASE_URL: 'mysql://user:s3cret@host/db' })).not.toThrow(/s3cret/);
   });
 
+  test('needs no settings for a database passed in', () => {
+    const handlers = createDrainerHandlers({
+      indexes: FIXTURE_INDEXES,
+      database: sharedDatabase(),
+      environment: {},
+      logger: new Logger({ logLevel: 'SILENT' }),
+      metrics: new Metrics({ namespace: 'SearchOutboxTest' }),
+    });
+
+    expect(handlers.config.database).toEqual({ kind: 'provided' });
+  });
+
   test('applies defaults', () => {
     const config = readDrainerConfig({ DATABASE_URL: 'postgres://u:p@127.0.0.1/db' });
 

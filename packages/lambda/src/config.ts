@@ -4,6 +4,8 @@ import { validateQueueUrl } from './sqs-dispatcher.js';
 /** Database credentials: a full connection string, or host and user with a password source. */
 export type DatabaseCredentials =
   | { readonly kind: 'url'; readonly connectionString: string }
+  /** The caller passes its own database to the handlers, so no settings are read. */
+  | { readonly kind: 'provided' }
   | {
       readonly kind: 'secret' | 'iam';
       readonly host: string;

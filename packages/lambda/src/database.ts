@@ -42,6 +42,9 @@ export function createDrainerDatabase(
     application_name: 'search-outbox-drainer',
   };
 
+  if (credentials.kind === 'provided') {
+    throw new SearchOutboxError('No database settings: pass DATABASE_URL or DB_HOST settings, or a database to the handlers');
+  }
   if (credentials.kind === 'url') {
     poolConfig.connectionString = credentials.connectionString;
   } else {
@@ -87,7 +90,9 @@ export function createDrainerDatabase(
 
 function iamPassword(config: DrainerConfig, signer: Pick<Signer, 'getAuthToken'> | undefined): () => Promise<string> {
   const credentials = config.database;
-  if (credentials.kind === 'url') throw new Error('IAM authentication needs a host and a user');
+  if (credentials.kind === 'url' || credentials.kind === 'provided') {
+    throw new SearchOutboxError('IAM authentication needs a host and a user');
+  }
   const tokenSigner =
     signer ??
     new Signer({

@@ -72,7 +72,12 @@ const SECRET_CACHE_MS = 5 * 60 * 1000;
  * once, and the database pool and clients are reused across invocations.
  */
 export function createDrainerHandlers(options: DrainerHandlersOptions): DrainerHandlers {
-  const config = readDrainerConfig(options.environment ?? process.env, options.config ?? {});
+  // A database passed in needs no connection settings from the environment.
+  const overrides: Partial<DrainerConfig> =
+    options.database !== undefined && options.config?.database === undefined
+      ? { ...options.config, database: { kind: 'provided' } }
+      : (options.config ?? {});
+  const config = readDrainerConfig(options.environment ?? process.env, overrides);
   const powertoolsLogger = options.logger ?? new PowertoolsLogger({ serviceName: 'search-outbox-drainer' });
   const logger = adaptLogger(powertoolsLogger);
   const metrics = options.metrics ?? new Metrics({ namespace: 'SearchOutbox', serviceName: 'search-outbox-drainer' });
