@@ -2,9 +2,9 @@ import { sql, type Kysely } from 'kysely';
 import type { SearchIndex } from '@search-outbox/core';
 
 /**
- * A small application schema for the core tests: sites with seven indexed
- * fields, a region foreign key and custom fields; devices whose virtual
- * chassis is stored by name; and IP addresses and prefixes.
+ * A small application schema for the core tests. Sites have seven indexed
+ * fields, a region foreign key and custom fields. Devices store their
+ * virtual chassis by name, and IP addresses and prefixes are indexed too.
  */
 export const FIXTURE_INDEXES: readonly SearchIndex[] = [
   {
@@ -114,7 +114,7 @@ export interface SiteRow {
   custom_field_data?: Record<string, unknown>;
 }
 
-/** A site with all seven plain site fields filled. */
+/** Builds a site with all seven plain site fields filled. */
 export function fullSite(id: number, name: string): SiteRow {
   return {
     id,

@@ -96,8 +96,8 @@ const FATAL_SQLSTATE_CLASSES = new Set(['08', '40', '53', '57', '58', 'XX']);
 /**
  * Rebuilds the objects in one set-based step. When that fails on the data
  * of some object, the step is rolled back to a savepoint and the objects
- * are split in halves until each failing object is alone, so one bad
- * object costs O(log n) extra statements and never holds up the rest.
+ * are split in halves until each failing object is alone. One bad object
+ * therefore costs O(log n) extra statements and never holds up the rest.
  */
 export async function replaceObjectsIsolated<Key extends ObjectKey>(
   trx: Transaction<any>,

@@ -55,13 +55,13 @@ export function parseNudge(body: unknown): NudgeMessage {
   return { kind: NUDGE_KIND, version: 1, schemas, objects, transactionIds, sentAt };
 }
 
-function requireStringArray(value: unknown, path: string, pattern: RegExp, what: string): string[] {
+function requireStringArray(value: unknown, path: string, pattern: RegExp, itemDescription: string): string[] {
   if (!Array.isArray(value) || value.length > 1000) {
     throw new ValidationError(path, value, 'must be an array of at most 1000 strings');
   }
   return value.map((item, position) => {
     if (typeof item !== 'string' || !pattern.test(item)) {
-      throw new ValidationError(`${path}[${position}]`, item, `must be ${what}, not ${describeValue(item)}`);
+      throw new ValidationError(`${path}[${position}]`, item, `must be ${itemDescription}, not ${describeValue(item)}`);
     }
     return item;
   });
