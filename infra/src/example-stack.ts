@@ -255,32 +255,7 @@ export class ExampleStack extends Stack {
       reason:
         'The cluster keeps the PostgreSQL default port 5432. It sits in isolated subnets and its security group admits only the proxy and the rotation functions, so another port would hide nothing.',
     });
-
-    // The three findings below concern the drainer construct's functions.
-    Validations.of(this.drainer).acknowledge({
-      id: `AwsSolutions-IAM4[Policy::${managedPolicyArn('service-role/AWSLambdaBasicExecutionRole')}]`,
-      reason:
-        'aws-cdk-lib attaches this AWS managed policy to every Lambda role; it allows only creating log groups and streams and putting log events. ' +
-        'An inline policy scoped to the three function log groups would be narrower, and belongs in the construct.',
-    });
-    Validations.of(this.drainer).acknowledge({
-      id: `AwsSolutions-IAM4[Policy::${managedPolicyArn('service-role/AWSLambdaVPCAccessExecutionRole')}]`,
-      reason:
-        'Lambda needs this AWS managed policy to attach functions to the VPC: it allows creating, describing and deleting network interfaces, ' +
-        'which IAM supports only on all resources, so a customer managed policy would grant the same.',
-    });
-    Validations.of(this.drainer).acknowledge({
-      id: 'AwsSolutions-L1',
-      reason:
-        'The functions run nodejs24.x, which aws-cdk-lib 2.278.0 names Runtime.NODEJS_LATEST, the newest Node.js runtime available in all regions. ' +
-        'The rule compares against the highest runtime that aws-cdk-lib defines (nodejs26.x), which is not available in all regions.',
-    });
   }
-}
-
-/** ARN of an AWS managed policy as cdk-nag prints it in a finding id. */
-function managedPolicyArn(name: string): string {
-  return `arn:<AWS::Partition>:iam::aws:policy/${name}`;
 }
 
 /** Walks up from `start` to the directory that contains the example entry. */
