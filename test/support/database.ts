@@ -47,13 +47,32 @@ export async function createTestDatabase(label: string, options: { max?: number 
     connect,
     destroy: async () => {
       await Promise.all(instances.map((instance) => instance.destroy()));
-      const cleanup = new pg.Client({ connectionString: serverUrl });
-      await cleanup.connect();
-      try {
-        await cleanup.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
-      } finally {
-        await cleanup.end();
-      }
+      await dropDatabase(serverUrl, name);
     },
   };
+}
+
+/** SQLSTATE of insufficient privilege. */
+const INSUFFICIENT_PRIVILEGE = '42501';
+
+/**
+ * Drops a test database, terminating its connections. A role without
+ * superuser rights cannot terminate a backend that is still authenticating
+ * (it has no role yet), so the drop is retried while such a connection
+ * from a just-stopped child process finishes.
+ */
+async function dropDatabase(serverUrl: string, name: string): Promise<void> {
+  for (let attempt = 1; ; attempt += 1) {
+    const cleanup = new pg.Client({ connectionString: serverUrl });
+    await cleanup.connect();
+    try {
+      await cleanup.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
+      return;
+    } catch (error) {
+      if ((error as { code?: unknown }).code !== INSUFFICIENT_PRIVILEGE || attempt >= 20) throw error;
+    } finally {
+      await cleanup.end();
+    }
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
 }
