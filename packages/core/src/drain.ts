@@ -230,7 +230,12 @@ export class Drainer {
       transactionIds === null ? sql`TRUE` : sql`transaction_id = ANY(${transactionIds}::xid8[])`;
     // The second step also claims the other pending rows of the batch's
     // objects, however old, so that every mark of an object coalesces into
-    // one rebuild rather than one per batch it happens to fall into.
+    // one rebuild rather than one per batch it happens to fall into. It
+    // matches types and ids as two arrays, which the (object_type,
+    // object_id) index serves; a row-value IN over the batch made the planner
+    // scan the whole outbox for every batch. The arrays may also match an
+    // id of another type or schema in the batch, and such a row is simply
+    // drained too.
     const outbox = table(this.#outboxSchema, OUTBOX_TABLE);
     const result = await sql<ClaimedRow>`
       WITH batch AS (
@@ -244,10 +249,10 @@ export class Drainer {
         SELECT o.id, o.target_schema, o.object_type, o.object_id
         FROM ${outbox} AS o
         WHERE o.state = 'pending' AND o.available_at <= now()
-          AND (o.object_type, o.object_id, o.target_schema) IN (
-            SELECT object_type, object_id, target_schema FROM batch
-          )
-          AND o.id NOT IN (SELECT id FROM batch)
+          AND o.object_type = ANY(ARRAY(SELECT DISTINCT object_type FROM batch))
+          AND o.object_id = ANY(ARRAY(SELECT DISTINCT object_id FROM batch))
+          AND o.target_schema = ANY(ARRAY(SELECT DISTINCT target_schema FROM batch))
+          AND o.id <> ALL(ARRAY(SELECT id FROM batch))
         LIMIT ${batchSize * SAME_OBJECT_CLAIM_FACTOR}
         FOR UPDATE OF o SKIP LOCKED
       )
