@@ -1,22 +1,10 @@
-import { createSearchOutbox, type Logger, type SearchOutbox } from '@search-outbox/core';
+import { createSearchOutbox, type SearchOutbox } from '@search-outbox/core';
 import { Kysely, PostgresDialect, sql } from 'kysely';
 import pg from 'pg';
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';
 import { countOutbox, createFixtureTables, FIXTURE_INDEXES, fullSite, insertSites, readCache } from '../support/fixtures.js';
-
-interface LogLine {
-  level: string;
-  message: string;
-  attributes: Record<string, unknown> | undefined;
-}
-
-function capturingLogger(lines: LogLine[]): Logger {
-  const capture = (level: string) => (message: string, attributes?: Record<string, unknown>) => {
-    lines.push({ level, message, attributes });
-  };
-  return { debug: capture('debug'), info: capture('info'), warn: capture('warn'), error: capture('error') };
-}
+import { capturingLogger, type LogLine } from '../support/logger.js';
 
 let database: TestDatabase;
 let outbox: SearchOutbox;

@@ -1,10 +1,11 @@
-import { createSearchOutbox, type Logger, type SearchOutbox } from '@search-outbox/core';
+import { createSearchOutbox, type SearchOutbox } from '@search-outbox/core';
 import fc from 'fast-check';
 import { sql, type Kysely, type Transaction } from 'kysely';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';
 import { createFixtureTables, FIXTURE_INDEXES } from '../support/fixtures.js';
 import { expectedCacheLines, readSortedCache } from '../support/oracle.js';
+import { capturingLogger, type LogLine } from '../support/logger.js';
 
 /**
  * Property: whatever the interleaving of writer transactions (with
@@ -60,12 +61,6 @@ interface Scenario {
   readonly initialSites: readonly { readonly id: number; readonly site: SiteValues }[];
   readonly writers: readonly (readonly WriterTransaction[])[];
   readonly drainers: readonly (readonly DrainerStep[])[];
-}
-
-interface LogLine {
-  readonly level: string;
-  readonly message: string;
-  readonly attributes: Record<string, unknown> | undefined;
 }
 
 /** Thrown inside a transaction to roll it back on purpose. */
@@ -149,13 +144,6 @@ let writerOutboxes: SearchOutbox[];
 let drainerOutboxes: SearchOutbox[];
 const logLines: LogLine[] = [];
 const statistics = { concurrentClaims: 0, finalClaims: 0 };
-
-function capturingLogger(lines: LogLine[]): Logger {
-  const capture = (level: string) => (message: string, attributes?: Record<string, unknown>) => {
-    lines.push({ level, message, attributes });
-  };
-  return { debug: capture('debug'), info: capture('info'), warn: capture('warn'), error: capture('error') };
-}
 
 beforeAll(async () => {
   database = await createTestDatabase('randomized');

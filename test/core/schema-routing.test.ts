@@ -1,22 +1,10 @@
-import { createSearchOutbox, type Logger, type SearchOutbox } from '@search-outbox/core';
+import { createSearchOutbox, type SearchOutbox } from '@search-outbox/core';
 import { sql, type Kysely, type Transaction } from 'kysely';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';
 import { countOutbox, createFixtureTables, FIXTURE_INDEXES, fullSite, readCache } from '../support/fixtures.js';
 import { expectedCacheLines, readSortedCache } from '../support/oracle.js';
-
-interface LogLine {
-  readonly level: string;
-  readonly message: string;
-  readonly attributes: Record<string, unknown> | undefined;
-}
-
-function capturingLogger(lines: LogLine[]): Logger {
-  const capture = (level: string) => (message: string, attributes?: Record<string, unknown>) => {
-    lines.push({ level, message, attributes });
-  };
-  return { debug: capture('debug'), info: capture('info'), warn: capture('warn'), error: capture('error') };
-}
+import { capturingLogger, type LogLine } from '../support/logger.js';
 
 const SCHEMAS = ['public', 'tenant_a', 'tenant_b'] as const;
 

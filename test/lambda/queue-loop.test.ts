@@ -1,5 +1,5 @@
 import { ReceiveMessageCommand, SendMessageCommand, type SQSClient } from '@aws-sdk/client-sqs';
-import { createSearchOutbox, type Logger, type SearchOutbox } from '@search-outbox/core';
+import { createSearchOutbox, type SearchOutbox } from '@search-outbox/core';
 import {
   createDrainerHandlers,
   createLambdaContext,
@@ -20,19 +20,7 @@ import { sql } from 'kysely';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';
 import { countOutbox, createFixtureTables, FIXTURE_INDEXES, fullSite, insertSites, readCache } from '../support/fixtures.js';
-
-interface LogLine {
-  level: string;
-  message: string;
-  attributes: Record<string, unknown> | undefined;
-}
-
-function capturingLogger(lines: LogLine[]): Logger {
-  const capture = (level: string) => (message: string, attributes?: Record<string, unknown>) => {
-    lines.push({ level, message, attributes });
-  };
-  return { debug: capture('debug'), info: capture('info'), warn: capture('warn'), error: capture('error') };
-}
+import { capturingLogger, type LogLine } from '../support/logger.js';
 
 /** Receives of a message before the local SQS server moves it to the dead-letter queue. */
 const MAX_RECEIVE_COUNT = 2;
@@ -224,7 +212,6 @@ describe('local queue loop', () => {
     expect(published.some((metrics) => metrics.values.PendingRows === 0 && metrics.values.Rebuilt === 2)).toBe(true);
   });
 });
-
 
 describe('poller', () => {
   async function sendMessages(bodies: readonly string[]): Promise<void> {

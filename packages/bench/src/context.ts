@@ -14,7 +14,7 @@ export interface BenchDatabase {
   destroy(): Promise<void>;
 }
 
-/** What every scenario receives from the harness. */
+/** Settings and services that the harness passes to every scenario. */
 export interface BenchContext {
   readonly size: SizeClass;
   /** Repetitions per figure (min / median / max are taken over them). */

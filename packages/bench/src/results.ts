@@ -20,7 +20,7 @@ export interface TargetCheck {
   readonly target: string;
   readonly measured: string;
   readonly met: boolean;
-  /** Why a missed target was missed, and what would close it. */
+  /** Reason a target was missed, and what would close it. */
   readonly reason?: string;
 }
 

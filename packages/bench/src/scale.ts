@@ -130,8 +130,8 @@ export async function scaleTo(data: BenchData, target: ScaleTarget): Promise<Sca
     Object.entries(baseObjects).filter(([type]) => clonedTypes.has(type)).map(([, count]) => count),
   );
 
-  const copiesFor = (wanted: number | undefined, base: number, perCopy: number): number =>
-    wanted === undefined || wanted <= base ? 0 : Math.ceil((wanted - base) / perCopy);
+  const copiesFor = (requested: number | undefined, base: number, perCopy: number): number =>
+    requested === undefined || requested <= base ? 0 : Math.ceil((requested - base) / perCopy);
   let copies = Math.max(
     copiesFor(target.cacheRows, baseRows, copyRows),
     copiesFor(target.objects, sumOf(Object.values(baseObjects)), copyObjects),

@@ -231,11 +231,11 @@ export class Drainer {
     // The second step also claims the other pending rows of the batch's
     // objects, however old, so that every mark of an object coalesces into
     // one rebuild rather than one per batch it happens to fall into. It
-    // matches types and ids as two arrays, which the (object_type,
-    // object_id) index serves; a row-value IN over the batch made the planner
-    // scan the whole outbox for every batch. The arrays may also match an
-    // id of another type or schema in the batch, and such a row is simply
-    // drained too.
+    // matches types, ids and schemas as separate arrays, because the
+    // (object_type, object_id) index serves those. A row-value IN over the
+    // batch made the planner scan the whole outbox for every batch. The
+    // arrays may also match an id of another type or schema in the batch,
+    // and such a row is simply drained too.
     const outbox = table(this.#outboxSchema, OUTBOX_TABLE);
     const result = await sql<ClaimedRow>`
       WITH batch AS (

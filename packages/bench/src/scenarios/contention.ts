@@ -252,7 +252,7 @@ function classify(backend: WaitingBackend, counts: LockWaitCounts): void {
   if (!blockers.some((name) => name === WRITER_APPLICATION)) return;
   const statement = backend.query.trim().toLowerCase();
   // Only a row of pg_stat_activity whose own wait_event_type is 'Lock' ties
-  // the wait to the statement text beside it; a wait seen only in pg_locks
+  // the wait to the statement text beside it. A wait seen only in pg_locks
   // may belong to the next statement, so it is kept apart.
   if (backend.wait_event_type !== 'Lock') {
     counts.writerOnWriterOther += 1;

@@ -29,8 +29,8 @@ export const fullRebuildScenario: Scenario = {
   id: 'full-rebuild',
   title: 'Full rebuild against the INSERT … SELECT limit',
   async run(context: BenchContext): Promise<ScenarioResult> {
-    const wanted = CACHE_ROWS[context.size];
-    const { data, counts } = await prepareScaledData(context, 'full_rebuild', { cacheRows: wanted }, { fillCache: false });
+    const targetRows = CACHE_ROWS[context.size];
+    const { data, counts } = await prepareScaledData(context, 'full_rebuild', { cacheRows: targetRows }, { fillCache: false });
     try {
       const db = data.database.db;
       const watcher = createSearchOutbox({ db: data.database.connect(1), indexes: data.registry, dispatcher: 'none' });

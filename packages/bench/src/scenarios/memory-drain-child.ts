@@ -4,10 +4,10 @@ import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
 
 /**
- * Child process of the memory scenario: drains every pending outbox row of
- * the database at argv[2] with the demo declarations from the data
- * directory at argv[3], then prints one JSON line with the drain summary and
- * the process's peak resident set size.
+ * Drains, as the child process of the memory scenario, every pending outbox
+ * row of the database at argv[2] with the demo declarations from the data
+ * directory at argv[3]. It then prints one JSON line with the drain summary
+ * and the process's peak resident set size.
  */
 async function main(): Promise<void> {
   const [url, dataDirectory] = process.argv.slice(2);

@@ -38,8 +38,8 @@ export const searchLatencyScenario: Scenario = {
     const sizes: string[] = [];
     const counts = QUERIES[context.size];
 
-    for (const wanted of CACHE_SIZES[context.size]) {
-      const { data, counts: scaled } = await prepareScaledData(context, `search_${wanted}`, { cacheRows: wanted }, { fillCache: true });
+    for (const targetRows of CACHE_SIZES[context.size]) {
+      const { data, counts: scaled } = await prepareScaledData(context, `search_${targetRows}`, { cacheRows: targetRows }, { fillCache: true });
       try {
         const db = data.database.db;
         const outbox = createSearchOutbox({ db, indexes: data.registry, dispatcher: 'none' });
@@ -81,9 +81,9 @@ export const searchLatencyScenario: Scenario = {
             value: medianOf(figures, withIndex) / medianOf(figures, without),
           });
         }
-        if (wanted === TARGET_ROWS || wanted === Math.max(...CACHE_SIZES[context.size])) {
+        if (targetRows === TARGET_ROWS || targetRows === Math.max(...CACHE_SIZES[context.size])) {
           const p99 = medianOf(figures, `${rows} rows, indexed, partial: p99`);
-          const met = wanted === TARGET_ROWS && p99 <= TARGET_P99_MS;
+          const met = targetRows === TARGET_ROWS && p99 <= TARGET_P99_MS;
           targets.push({
             target: `partial-lookup p99 ≤ ${TARGET_P99_MS} ms at ${TARGET_ROWS} cache rows`,
             measured: `${p99.toFixed(1)} ms at ${rows} cache rows (median of ${context.runs} run${context.runs === 1 ? '' : 's'})`,
@@ -92,7 +92,7 @@ export const searchLatencyScenario: Scenario = {
               ? {}
               : {
                   reason:
-                    wanted !== TARGET_ROWS
+                    targetRows !== TARGET_ROWS
                       ? `This run measured up to ${rows} cache rows only; run with --size full to check the target at ${TARGET_ROWS}.`
                       : 'A 3 to 6 character substring matches a large share of the cache, and the search reads every matching row to rank them by weight before it keeps the best 1000. An index that yields rows in weight order, or a bound on the rows read before ranking, would close it.',
                 }),
