@@ -223,6 +223,15 @@ describe('search-outbox CLI on the NetBox data', () => {
     await database?.destroy();
   });
 
+  it('never prints a rejected password', async () => {
+    const url = new URL(database.url);
+    url.password = 'Pa55-never-printed-5e1d';
+    const run = await runCli(['status', '--log-level', 'debug'], { DATABASE_URL: url.toString() });
+    expect(run.code).toBe(1);
+    expect(run.stderr).toMatch(/authentication/i);
+    expect(run.stdout + run.stderr).not.toContain('Pa55-never-printed-5e1d');
+  });
+
   it('asks for migrate before status', async () => {
     const run = await runCli(['status'], env);
     expect(run.code).toBe(1);
