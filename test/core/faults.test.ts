@@ -220,7 +220,10 @@ describe('exhausted pool', () => {
   test('under many writers loses no committed change', async () => {
     const { db } = smallPool(2, 50);
     const writer = createSearchOutbox({ db, indexes: FIXTURE_INDEXES, logger: capturingLogger(logLines) });
-    await insertSites(database.db, Array.from({ length: 8 }, (_, index) => fullSite(index + 1, `Site ${index + 1}`)));
+    const ids = [1, 2, 3, 4, 5, 6, 7, 8];
+    await insertSites(database.db, ids.map((id) => fullSite(id, `Site ${id}`)));
+    await drainer.mark(database.db, 'dcim.site', ids);
+    await drainer.drain();
 
     const attempts = Array.from({ length: 40 }, (_, index) =>
       writer.transaction(async (trx) => {

@@ -19,9 +19,9 @@ const GUIDE_ROLE = 'search_outbox_drainer';
 const GUIDE_SCHEMA = 'netbox_demo';
 
 /**
- * True when the test server's role can create and drop roles. CI also runs
- * the suite as a role with CREATEDB but without CREATEROLE, and role names
- * are cluster-wide, so this file is skipped there.
+ * True when the test server's role can create and drop roles. A server
+ * named by DATABASE_URL may give its role only CREATEDB, and then this file
+ * is skipped, because it must create a role of its own.
  */
 async function canCreateRoles(serverUrl: string): Promise<boolean> {
   const client = new pg.Client({ connectionString: serverUrl });
