@@ -55,6 +55,9 @@ export function describeValue(value: unknown): string {
   if (typeof value === 'number' || value === undefined || value === null) return String(value);
   if (typeof value === 'function') return 'a function';
   if (value instanceof Date) return `a Date (${Number.isNaN(value.getTime()) ? 'invalid' : value.toISOString()})`;
+  // JSON.stringify shows both as {}, which hides what was passed.
+  if (value instanceof Set) return `a Set of ${value.size} values`;
+  if (value instanceof Map) return `a Map of ${value.size} entries`;
   try {
     const json = JSON.stringify(value);
     if (json === undefined) return String(value);
@@ -62,6 +65,29 @@ export function describeValue(value: unknown): string {
   } catch {
     return String(value);
   }
+}
+
+/**
+ * Returns why `text` cannot be sent to PostgreSQL as a text value, or
+ * undefined. PostgreSQL rejects NUL characters in text. node-postgres 8
+ * encodes strings with Buffer's UTF-8 encoder, which turns a lone surrogate
+ * into U+FFFD, so the database would see another string.
+ */
+export function findTextProblem(text: string): string | undefined {
+  const nul = text.indexOf('\u0000');
+  if (nul !== -1) return `must not contain NUL characters; the first is at index ${nul}`;
+  if (text.isWellFormed()) return undefined;
+  for (let position = 0; position < text.length; position += 1) {
+    const unit = text.charCodeAt(position);
+    const isHigh = unit >= 0xd800 && unit <= 0xdbff;
+    const next = text.charCodeAt(position + 1);
+    if (isHigh && next >= 0xdc00 && next <= 0xdfff) {
+      position += 1;
+    } else if (isHigh || (unit >= 0xdc00 && unit <= 0xdfff)) {
+      return `must be well-formed Unicode; a lone surrogate is at index ${position}`;
+    }
+  }
+  return undefined;
 }
 
 /** Returns the message of any thrown value, Error or not. */

@@ -1,4 +1,4 @@
-import { describeValue, IndexDeclarationError, UnknownObjectTypeError } from './errors.js';
+import { describeValue, findTextProblem, IndexDeclarationError, UnknownObjectTypeError } from './errors.js';
 import { isIdentifier } from './identifiers.js';
 
 /**
@@ -179,7 +179,7 @@ function resolveIndex(index: SearchIndex, position: number): ResolvedIndex {
     throw new IndexDeclarationError(
       `#${position}`,
       undefined,
-      `objectType ${JSON.stringify(objectType)} must be dotted words such as "dcim.site" (letters, digits, underscores; at most ${MAX_OBJECT_TYPE_LENGTH} characters)`,
+      `objectType ${describeValue(objectType)} must be dotted words such as "dcim.site" (letters, digits, underscores; at most ${MAX_OBJECT_TYPE_LENGTH} characters)`,
     );
   }
   const fail = (field: string | undefined, problem: string): never => {
@@ -191,14 +191,15 @@ function resolveIndex(index: SearchIndex, position: number): ResolvedIndex {
   requireIdentifier(primaryKey, 'primaryKey', fail);
   const keyType = index.keyType ?? 'bigint';
   if (!KEY_TYPES.includes(keyType)) {
-    fail(undefined, `keyType ${JSON.stringify(keyType)} must be one of ${KEY_TYPES.join(', ')}`);
+    fail(undefined, `keyType ${describeValue(keyType)} must be one of ${KEY_TYPES.join(', ')}`);
   }
 
   if (!Array.isArray(index.fields) || index.fields.length === 0) {
     fail(undefined, 'fields must be a non-empty array');
   }
   const fieldNames = new Set<string>();
-  const fields = index.fields.map((field, position): ResolvedField => {
+  // Array.from reads the holes of a sparse array as undefined, so they are rejected. map would keep them.
+  const fields = Array.from(index.fields, (field, position): ResolvedField => {
     if (typeof field !== 'object' || field === null || Array.isArray(field)) {
       fail(`#${position}`, `a field must be an object with a name and a weight, not ${describeValue(field)}`);
     }
@@ -216,7 +217,7 @@ function resolveIndex(index: SearchIndex, position: number): ResolvedIndex {
     }
     const type = field.type ?? 'str';
     if (!VALUE_TYPES.includes(type)) {
-      fail(name, `type ${JSON.stringify(type)} must be one of ${VALUE_TYPES.join(', ')}`);
+      fail(name, `type ${describeValue(type)} must be one of ${VALUE_TYPES.join(', ')}`);
     }
     const source = resolveSource(field.source ?? { column: name }, (problem) => fail(name, problem));
     return { name, weight: field.weight, type, source };
@@ -225,7 +226,7 @@ function resolveIndex(index: SearchIndex, position: number): ResolvedIndex {
   if (index.display !== undefined && !Array.isArray(index.display)) {
     fail(undefined, 'display must be an array of attribute names or attributes');
   }
-  const display = (index.display ?? []).map((attribute, position): ResolvedDisplayAttribute => {
+  const display = Array.from(index.display ?? [], (attribute, position): ResolvedDisplayAttribute => {
     const declared = typeof attribute === 'string' ? { name: attribute } : attribute;
     if (typeof declared !== 'object' || declared === null || Array.isArray(declared)) {
       fail(`display #${position}`, `a display attribute must be a name or an object, not ${describeValue(attribute)}`);
@@ -251,6 +252,8 @@ function resolveIndex(index: SearchIndex, position: number): ResolvedIndex {
     if (!valid) {
       fail(undefined, `where value ${describeValue(value)} for column "${column}" must be a string, a finite number, a boolean or null`);
     }
+    const textProblem = typeof value === 'string' ? findTextProblem(value) : undefined;
+    if (textProblem !== undefined) fail(undefined, `where value ${describeValue(value)} for column "${column}" ${textProblem}`);
   }
 
   return { objectType, table: index.table, primaryKey, keyType, fields, display, where };
@@ -277,8 +280,10 @@ function resolveSource(source: ValueSource, fail: (problem: string) => never): V
     const json = source.json;
     requireIdentifier(json?.column, 'json column', (_, problem) => fail(problem));
     if (typeof json.key !== 'string' || json.key.length === 0 || json.key.length > 200) {
-      fail(`json key ${JSON.stringify(json.key)} must be a non-empty string of at most 200 characters`);
+      fail(`json key ${describeValue(json.key)} must be a non-empty string of at most 200 characters`);
     }
+    const textProblem = findTextProblem(json.key);
+    if (textProblem !== undefined) fail(`json key ${describeValue(json.key)} ${textProblem}`);
     return { json: { column: json.column, key: json.key } };
   }
   return fail('source must have one of the keys column, related or json');
@@ -292,7 +297,7 @@ function requireIdentifier(
   if (!isIdentifier(value)) {
     fail(
       undefined,
-      `${what} ${JSON.stringify(value)} is not a valid identifier; use a letter or underscore followed by letters, digits or underscores (at most 63)`,
+      `${what} ${describeValue(value)} is not a valid identifier; use a letter or underscore followed by letters, digits or underscores (at most 63)`,
     );
   }
 }

@@ -1,5 +1,5 @@
 import { sql, type Kysely, type QueryResult, type RawBuilder } from 'kysely';
-import { ValidationError } from './errors.js';
+import { findTextProblem, ValidationError } from './errors.js';
 import { assertIdentifier, table } from './identifiers.js';
 import type { IndexRegistry, KeyType } from './indexes.js';
 import { OUTBOX_TABLE } from './migrations.js';
@@ -118,9 +118,11 @@ export function normalizeIds(ids: ObjectId | readonly ObjectId[], keyType: KeyTy
     );
   }
   const distinct = new Set<string>();
-  list.forEach((id, position) => {
-    distinct.add(normalizeId(id, keyType, list.length === 1 ? 'id' : `ids[${position}]`));
-  });
+  // A for loop rather than forEach, which skips the holes of a sparse array:
+  // a hole is read as undefined and rejected like any other missing id.
+  for (let position = 0; position < list.length; position += 1) {
+    distinct.add(normalizeId(list[position], keyType, list.length === 1 ? 'id' : `ids[${position}]`));
+  }
   return [...distinct];
 }
 
@@ -140,7 +142,8 @@ function normalizeId(id: unknown, keyType: KeyType, path: string): string {
   if (text.length === 0 || text.length > MAX_OBJECT_ID_LENGTH) {
     throw new ValidationError(path, id, `must be 1 to ${MAX_OBJECT_ID_LENGTH} characters long`);
   }
-  if (text.includes('\u0000')) throw new ValidationError(path, id, 'must not contain NUL characters');
+  const textProblem = findTextProblem(text);
+  if (textProblem !== undefined) throw new ValidationError(path, id, textProblem);
 
   const range = KEY_RANGES[keyType];
   if (range !== undefined) {
@@ -153,6 +156,5 @@ function normalizeId(id: unknown, keyType: KeyType, path: string): string {
     if (!UUID_PATTERN.test(text)) throw new ValidationError(path, id, 'must be a UUID');
     return text.toLowerCase().replace(/^(.{8})-?(.{4})-?(.{4})-?(.{4})-?(.{12})$/, '$1-$2-$3-$4-$5');
   }
-  if (!text.isWellFormed()) throw new ValidationError(path, id, 'must be well-formed Unicode (no lone surrogates)');
   return text;
 }

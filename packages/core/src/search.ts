@@ -2,7 +2,7 @@ import { isIP } from 'node:net';
 import { sql, type Kysely, type RawBuilder } from 'kysely';
 import { selectDisplay } from './cache-rows.js';
 import { validateInteger } from './drain.js';
-import { ValidationError } from './errors.js';
+import { describeValue, findTextProblem, SearchOutboxError, ValidationError } from './errors.js';
 import { assertIdentifier, table } from './identifiers.js';
 import type { IndexRegistry } from './indexes.js';
 import type { Logger } from './logger.js';
@@ -28,7 +28,11 @@ export interface SearchOptions {
   readonly limit?: number;
   /** Schema of the cache. Default: `public`. */
   readonly schema?: string;
-  /** Statement timeout of the search, in milliseconds, which bounds costly regular expressions. Default: 5000. */
+  /**
+   * Statement timeout of the search, in milliseconds, which bounds costly
+   * regular expressions. A search that exceeds it fails with a ValidationError
+   * for a regex lookup, and with a SearchOutboxError otherwise. Default: 5000.
+   */
   readonly timeoutMs?: number;
 }
 
@@ -50,6 +54,10 @@ export const MAX_MATCHED_ROWS = 1000;
 
 /** SQLSTATE of an invalid regular expression. */
 const INVALID_REGULAR_EXPRESSION = '2201B';
+/** SQLSTATE of a cancelled statement, which a statement timeout raises too. */
+const QUERY_CANCELED = '57014';
+/** SQLSTATE of a missing table. */
+const UNDEFINED_TABLE = '42P01';
 
 /**
  * Finds cache rows matching the query, keeps each object's best match and
@@ -61,8 +69,20 @@ export async function searchCache(
   options: SearchOptions,
   logger: Logger,
 ): Promise<SearchResult[]> {
-  const { query, lookup, objectTypes, limit, schema, timeoutMs } = validateSearch(registry, options);
+  const search = validateSearch(registry, options);
+  try {
+    return await runSearch(db, registry, search, logger);
+  } catch (error) {
+    throw explainSearchError(error, search);
+  }
+}
 
+async function runSearch(
+  db: Kysely<any>,
+  registry: IndexRegistry,
+  { query, lookup, objectTypes, limit, schema, timeoutMs }: ValidatedSearch,
+  logger: Logger,
+): Promise<SearchResult[]> {
   return db.transaction().execute(async (trx) => {
     // SET LOCAL takes no parameters; the value is an integer validated above.
     await sql`SET LOCAL statement_timeout = ${sql.lit(timeoutMs)}`.execute(trx);
@@ -104,14 +124,50 @@ export async function searchCache(
   });
 }
 
+/**
+ * Replaces the database errors that a caller's input can cause with errors
+ * that name the input: a statement timeout, and a cache schema without a
+ * cache table. Other errors are returned unchanged.
+ */
+function explainSearchError(error: unknown, search: ValidatedSearch): unknown {
+  const code = (error as { code?: unknown } | null | undefined)?.code;
+  const message = error instanceof Error ? error.message : '';
+  if (code === QUERY_CANCELED && message.includes('statement timeout')) {
+    const timedOut = `timed out after ${search.timeoutMs} ms (the statement timeout set by timeoutMs)`;
+    // A costly regular expression is the caller's input to fix. Other lookups
+    // that time out point at the load or the size of the cache instead.
+    if (search.lookup === 'regex') {
+      return new ValidationError(
+        'query',
+        search.query,
+        `is too costly to match: the regex search ${timedOut}; use a simpler pattern, for example one without backreferences, or raise timeoutMs`,
+        { cause: error },
+      );
+    }
+    return new SearchOutboxError(
+      `Search for ${describeValue(search.query)} (lookup ${search.lookup}) ${timedOut}; raise timeoutMs or narrow the search with objectTypes`,
+      { cause: error },
+    );
+  }
+  if (code === UNDEFINED_TABLE && message.includes(CACHE_TABLE)) {
+    return new SearchOutboxError(
+      `Schema "${search.schema}" has no ${CACHE_TABLE} table; run migrations with this schema among the cache schemas, or pass another schema to search`,
+      { cause: error },
+    );
+  }
+  return error;
+}
+
+type ValidatedSearch = ReturnType<typeof validateSearch>;
+
 function validateSearch(registry: IndexRegistry, options: SearchOptions) {
   if (typeof options !== 'object' || options === null) {
     throw new ValidationError('search options', options, 'must be an object with at least a query');
   }
   const raw = options.query;
   if (typeof raw !== 'string') throw new ValidationError('query', raw, 'must be a string');
-  if (raw.includes('\u0000')) throw new ValidationError('query', raw, 'must not contain NUL characters');
-  if (!raw.isWellFormed()) throw new ValidationError('query', raw, 'must be well-formed Unicode (no lone surrogates)');
+  const textProblem = findTextProblem(raw);
+  if (textProblem !== undefined) throw new ValidationError('query', raw, textProblem);
   const query = raw.trim();
   if (query.length === 0) throw new ValidationError('query', raw, 'must not be empty');
   if (query.length > MAX_QUERY_LENGTH) {
