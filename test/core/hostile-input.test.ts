@@ -651,6 +651,18 @@ describe('outbox option validation', () => {
     expect(error.message).toBe(`Invalid outboxSchema: ${shown} ${identifierRule}`);
   });
 
+  test.each([
+    ['a logger string', { logger: 'console' }, 'Invalid logger: "console" must be an object with the methods debug, info, warn, error'],
+    ['a logger without error', { logger: { debug() {}, info() {}, warn() {} } }, 'Invalid logger: {} must be an object with the methods debug, info, warn, error'],
+    ['a retry string', { retry: 'often' }, 'Invalid retry: "often" must be an object with maxAttempts, backoffBaseMs or backoffMaxMs'],
+    ['a retry array', { retry: [5] }, 'Invalid retry: [5] must be an object with maxAttempts, backoffBaseMs or backoffMaxMs'],
+  ])('rejects %s as an outbox option', async (_label, extra, message) => {
+    const error = await expectRejected(() => createSearchOutbox({ db: logged, indexes: INDEXES, ...(extra as object) }));
+
+    expect(error).toBeInstanceOf(ValidationError);
+    expect(error.message).toBe(message);
+  });
+
   test.each(UNSAFE_SCHEMAS)('rejects the cache schema %s before any SQL', async (schema, shown) => {
     const migrateError = await expectRejected(() => outbox.migrate({ cacheSchemas: ['public', schema as string] }));
     const rebuildError = await expectRejected(() => outbox.rebuild({ schema: schema as string }));
@@ -666,6 +678,9 @@ describe('outbox option validation', () => {
     ['an injected retry type', () => outbox.retry({ objectType: "dcim.site' OR '1'='1" }), `Invalid objectType: "dcim.site' OR '1'='1" is not a declared object type`],
     ['a NUL byte in a retry id', () => outbox.retry({ objectType: 'extras.tag', objectIds: ['a\u0000'] }), 'Invalid id: "a\\u0000" must not contain NUL characters'],
     ['a rebuild type list as a string', () => outbox.rebuild({ objectTypes: 'dcim.site' as never }), 'Invalid objectTypes: "dcim.site" must be a non-empty array of declared object types'],
+    ['a cache schema list as a string', () => outbox.migrate({ cacheSchemas: 'public' as never }), 'Invalid cacheSchemas: "public" must be a non-empty array of schema names'],
+    ['an empty cache schema list', () => outbox.migrate({ cacheSchemas: [] }), 'Invalid cacheSchemas: [] must be a non-empty array of schema names'],
+    ['a migrate logger without methods', () => outbox.migrate({ logger: 'console' as never }), 'Invalid logger: "console" must be an object with the methods debug, info, warn, error'],
   ])('rejects %s before any SQL', async (_label, attempt, message) => {
     const error = await expectRejected(attempt);
 

@@ -1,3 +1,5 @@
+import { ValidationError } from './errors.js';
+
 /** Structured attributes attached to a log line: ids, counts, durations. */
 export type LogAttributes = Record<string, unknown>;
 
@@ -19,3 +21,15 @@ export const silentLogger: Logger = {
   warn: () => {},
   error: () => {},
 };
+
+const LOG_METHODS = ['debug', 'info', 'warn', 'error'] as const;
+
+/** Checks that `logger` has the four log methods and returns it, or the silent logger when it is undefined. */
+export function validateLogger(logger: unknown, path = 'logger'): Logger {
+  if (logger === undefined) return silentLogger;
+  const missing = LOG_METHODS.filter((method) => typeof (logger as Record<string, unknown> | null)?.[method] !== 'function');
+  if (typeof logger !== 'object' || logger === null || missing.length > 0) {
+    throw new ValidationError(path, logger, `must be an object with the methods ${LOG_METHODS.join(', ')}`);
+  }
+  return logger as Logger;
+}

@@ -1,7 +1,7 @@
 import { sql, type Kysely, type Transaction } from 'kysely';
-import { MigrationError } from './errors.js';
+import { MigrationError, ValidationError } from './errors.js';
 import { assertIdentifier, table } from './identifiers.js';
-import { silentLogger, type Logger } from './logger.js';
+import { validateLogger, type Logger } from './logger.js';
 
 /**
  * The target of a migration: `outbox` migrations run once in the outbox
@@ -185,10 +185,14 @@ export interface MigrateResult {
  */
 export async function migrate(db: Kysely<any>, options: MigrateOptions = {}): Promise<MigrateResult> {
   const outboxSchema = assertIdentifier('outboxSchema', options.outboxSchema ?? DEFAULT_OUTBOX_SCHEMA);
-  const cacheSchemas = (options.cacheSchemas ?? ['public']).map((schema, position) =>
+  const requestedSchemas: unknown = options.cacheSchemas ?? ['public'];
+  if (!Array.isArray(requestedSchemas) || requestedSchemas.length === 0) {
+    throw new ValidationError('cacheSchemas', requestedSchemas, 'must be a non-empty array of schema names');
+  }
+  const cacheSchemas = Array.from(requestedSchemas, (schema: unknown, position) =>
     assertIdentifier(`cacheSchemas[${position}]`, schema),
   );
-  const logger = options.logger ?? silentLogger;
+  const logger = validateLogger(options.logger);
 
   await db.transaction().execute(async (trx) => {
     await takeMigrationLock(trx, outboxSchema);

@@ -4,7 +4,7 @@ import { Drainer, type DrainOptions, type DrainSummary, type RetrySettings } fro
 import { errorMessage, ValidationError } from './errors.js';
 import { assertIdentifier } from './identifiers.js';
 import { defineIndexes, IndexRegistry, type SearchIndex } from './indexes.js';
-import { silentLogger, type Logger } from './logger.js';
+import { validateLogger, type Logger } from './logger.js';
 import { insertMarks, type MarkOptions, type MarkResult, type ObjectId } from './marks.js';
 import { assertMigrated, DEFAULT_OUTBOX_SCHEMA, migrate, type MigrateOptions, type MigrateResult } from './migrations.js';
 import { rebuildCache, type RebuildOptions, type RebuildSummary } from './rebuild.js';
@@ -89,9 +89,13 @@ export class SearchOutbox {
     this.db = options.db;
     this.indexes = options.indexes instanceof IndexRegistry ? options.indexes : defineIndexes(options.indexes);
     this.outboxSchema = assertIdentifier('outboxSchema', options.outboxSchema ?? DEFAULT_OUTBOX_SCHEMA);
-    this.logger = options.logger ?? silentLogger;
+    this.logger = validateLogger(options.logger);
     this.#dispatcher = resolveDispatcher(options.dispatcher ?? 'inline');
-    this.#drainer = new Drainer(this.db, this.outboxSchema, this.indexes, this.logger, options.retry ?? {});
+    const retry: unknown = options.retry ?? {};
+    if (typeof retry !== 'object' || retry === null || Array.isArray(retry)) {
+      throw new ValidationError('retry', retry, 'must be an object with maxAttempts, backoffBaseMs or backoffMaxMs');
+    }
+    this.#drainer = new Drainer(this.db, this.outboxSchema, this.indexes, this.logger, retry);
   }
 
   get stats(): DispatchStats {
