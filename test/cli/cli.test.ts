@@ -387,14 +387,19 @@ describe('search-outbox CLI when its backend is terminated', () => {
       () => (exited = true),
     );
 
-    // A backend with a transaction id is inside a drain batch, so its client is checked out.
+    // A backend with a transaction id is inside a drain batch, so its client
+    // is checked out. Finding it and terminating it are separate statements:
+    // PostgreSQL may evaluate a pg_terminate_backend(pid) in the WHERE clause
+    // before the other conditions, and terminate backends of other tests.
     let terminated = 0;
     while (!exited && terminated === 0) {
-      const result = await sql<{ pid: number }>`
-        SELECT pid FROM pg_stat_activity
-        WHERE application_name = ${applicationName} AND backend_xid IS NOT NULL AND pg_terminate_backend(pid)
+      const found = await sql<{ pid: number }>`
+        SELECT pid FROM pg_stat_activity WHERE application_name = ${applicationName} AND backend_xid IS NOT NULL
       `.execute(database.db);
-      terminated = result.rows.length;
+      for (const { pid } of found.rows) {
+        await sql`SELECT pg_terminate_backend(${pid}::int)`.execute(database.db);
+        terminated += 1;
+      }
       if (terminated === 0) await new Promise((resolve) => setTimeout(resolve, 5));
     }
     const run = await running;

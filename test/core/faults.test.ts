@@ -106,6 +106,64 @@ function batchFailureLines(): LogLine[] {
   return logLines.filter((line) => line.level === 'error' && line.message.startsWith('drain batch failed'));
 }
 
+describe('drainer backend', () => {
+  test('terminated mid-batch loses nothing', async () => {
+    const before = await prepareRenamedSites(3);
+    const applicationName = 'faults_mid_batch_drainer';
+    const pool = new pg.Pool({ connectionString: database.url, max: 1, application_name: applicationName });
+    pool.on('error', () => {});
+    pool.on('connect', (client) => client.on('error', () => {}));
+    pools.push(pool);
+    const midBatch = createSearchOutbox({
+      db: new Kysely<any>({ dialect: new PostgresDialect({ pool }) }),
+      indexes: FIXTURE_INDEXES,
+      dispatcher: 'none',
+      logger: capturingLogger(logLines),
+    });
+
+    // Another session holds the object lock of site 2, so the drain stops
+    // inside its batch, after the claim, waiting for that lock.
+    const blocker = new pg.Client({ connectionString: database.url });
+    await blocker.connect();
+    await blocker.query(`SELECT pg_advisory_lock(hashtextextended('public' || chr(31) || 'dcim.site' || chr(31) || '2', 0))`);
+    try {
+      const draining = midBatch.drain();
+      const outcome = draining.then(
+        () => 'finished',
+        (error: unknown) => String(error),
+      );
+      // Finding the backend and terminating it are separate statements:
+      // PostgreSQL may evaluate a pg_terminate_backend(pid) in the WHERE
+      // clause before the other conditions, and terminate other backends.
+      let terminated = 0;
+      for (let poll = 0; poll < 200 && terminated === 0; poll += 1) {
+        const waiting = await sql<{ pid: number }>`
+          SELECT pid FROM pg_stat_activity
+          WHERE application_name = ${applicationName} AND wait_event_type = 'Lock' AND wait_event = 'advisory'
+            AND backend_xid IS NOT NULL
+        `.execute(database.db);
+        for (const { pid } of waiting.rows) {
+          await sql`SELECT pg_terminate_backend(${pid}::int)`.execute(database.db);
+          terminated += 1;
+        }
+        if (terminated === 0) await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+
+      expect(terminated).toBe(1);
+      expect(await outcome).toMatch(/terminat/i);
+    } finally {
+      await blocker.end();
+    }
+
+    expect(await readSortedCache(database.db)).toEqual(before);
+    expect(await countOutbox(database.db, 'pending')).toBe(3);
+    expect(await readAttempts()).toEqual([0, 0, 0]);
+    expect(batchFailureLines()).toHaveLength(1);
+    expect(await midBatch.drain()).toMatchObject({ claimed: 3, rebuilt: 3 });
+    await expectConsistentCache();
+  });
+});
+
 describe('drainer COMMIT', () => {
   test('that fails rolls the batch back', async () => {
     const before = await prepareRenamedSites(3);

@@ -1,4 +1,4 @@
-import { describeValue, ValidationError } from '@search-outbox/core';
+import { ValidationError } from '@search-outbox/core';
 
 /** A direct invocation of the drainer: one action and its options. */
 export type InvokePayload =
@@ -69,7 +69,7 @@ export function parseInvokePayload(payload: unknown): InvokePayload {
     }
     return value.map((item, position) => {
       if ((typeof item !== 'string' && typeof item !== 'number') || String(item).length === 0) {
-        throw new ValidationError(`payload.${key}[${position}]`, item, `must be a non-empty string, not ${describeValue(item)}`);
+        throw new ValidationError(`payload.${key}[${position}]`, item, 'must be a non-empty string or a number');
       }
       return String(item);
     });
