@@ -472,5 +472,11 @@ describe('SQS dispatcher', () => {
   test('rejects a queue URL that is no URL', () => {
     expect(() => createSqsDispatcher({ queueUrl: 'drainer' })).toThrow(/Invalid queueUrl: "drainer" is not a valid URL/);
   });
+
+  test.each([0, 1.5, 300_001, '5000'])('rejects the send timeout %s', (sendTimeoutMs) => {
+    expect(() =>
+      createSqsDispatcher({ queueUrl: 'http://127.0.0.1:1/000000000000/drainer', sendTimeoutMs: sendTimeoutMs as number }),
+    ).toThrow(/Invalid sendTimeoutMs: .* must be an integer of milliseconds from 1 to 300000/);
+  });
 });
 

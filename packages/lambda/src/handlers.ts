@@ -8,6 +8,7 @@ import secretsManager from '@middy/secrets-manager';
 import {
   createSearchOutbox,
   errorMessage,
+  SearchOutboxError,
   ValidationError,
   type DrainSummary,
   type IndexRegistry,
@@ -66,6 +67,9 @@ export interface DrainerHandlers {
 /** Secrets Manager results are reused for this long before they are fetched again, in milliseconds. */
 const SECRET_CACHE_MS = 5 * 60 * 1000;
 
+/** How long before the function timeout middy fails an invocation that is still running, in milliseconds. */
+const TIMEOUT_EARLY_MS = 5;
+
 /**
  * Creates the drainer's three Lambda handlers for the application's index
  * declarations. Call it at module scope: the settings are read and validated
@@ -89,7 +93,28 @@ export function createDrainerHandlers(options: DrainerHandlersOptions): DrainerH
     logger,
     dispatcher: 'none',
   });
-  const sqsClient = config.queueUrl === undefined ? undefined : (options.sqsClient ?? new SQSClient({}));
+  const sqsClient =
+    config.queueUrl === undefined
+      ? undefined
+      : (options.sqsClient ?? new SQSClient(config.region === undefined ? {} : { region: config.region }));
+
+  // middy (@middy/core 6.4) stops waiting for the handler shortly before the
+  // function timeout and fails the invocation, but the handler's promise goes
+  // on, and on Lambda it is frozen with the function. A drain batch is one
+  // transaction, so it commits or rolls back whole, and its rows stay pending
+  // until then.
+  const timeoutPlugin = (handlerName: string): middy.PluginObject => ({
+    timeoutEarlyInMillis: TIMEOUT_EARLY_MS,
+    timeoutEarlyResponse: () => {
+      logger.error(
+        'the handler did not finish before the function timeout; a running drain batch commits or rolls back whole, and the rows left wait for the next drain',
+        { handler: handlerName },
+      );
+      throw new SearchOutboxError(
+        `The ${handlerName} handler timed out: it was still running ${TIMEOUT_EARLY_MS} ms before the function timeout`,
+      );
+    },
+  });
 
   const common = (): MiddlewareObj[] => {
     const middlewares: MiddlewareObj[] = [injectLambdaContext(powertoolsLogger), logMetrics(metrics)];
@@ -121,14 +146,23 @@ export function createDrainerHandlers(options: DrainerHandlersOptions): DrainerH
       'drain',
     );
     recordDrainMetrics(metrics, summary);
-    if (summary.stoppedBy === 'deadline' && summary.remaining > 0) await sendFollowUp(summary);
+    if (summary.stoppedBy === 'deadline' && summary.remaining > 0) await sendFollowUp(summary, context);
     return summary;
   };
 
-  const sendFollowUp = async (summary: DrainSummary): Promise<void> => {
-    if (sqsClient === undefined || config.queueUrl === undefined) {
-      logger.info('drain stopped at the deadline with rows left; the scheduled sweep continues', {
-        remaining: summary.remaining,
+  const sendFollowUp = async (summary: DrainSummary, context: Context): Promise<void> => {
+    const remaining = summary.remaining;
+    const queueUrl = config.queueUrl;
+    if (sqsClient === undefined || queueUrl === undefined) {
+      logger.info('drain stopped at the deadline with rows left; the scheduled sweep continues', { remaining });
+      return;
+    }
+    // The send may take half of the time left, so that the handler still returns before the function timeout.
+    const sendTimeoutMs = Math.floor(remainingTimeOf(context) / 2);
+    if (sendTimeoutMs < 1) {
+      logger.warn('drain stopped at the deadline with rows left and no time to send a follow-up nudge; the scheduled sweep drains them', {
+        remaining,
+        queueUrl,
       });
       return;
     }
@@ -136,19 +170,26 @@ export function createDrainerHandlers(options: DrainerHandlersOptions): DrainerH
       kind: NUDGE_KIND,
       version: 1,
       schemas: [],
-      objects: summary.remaining,
+      objects: remaining,
       transactionIds: [],
       sentAt: new Date().toISOString(),
     };
+    const signal = AbortSignal.timeout(sendTimeoutMs);
     try {
-      await sqsClient.send(new SendMessageCommand({ QueueUrl: config.queueUrl, MessageBody: JSON.stringify(message) }));
-      logger.info('drain stopped at the deadline with rows left; sent a follow-up nudge', { remaining: summary.remaining });
+      await sqsClient.send(new SendMessageCommand({ QueueUrl: queueUrl, MessageBody: JSON.stringify(message) }), {
+        abortSignal: signal,
+      });
+      logger.info('drain stopped at the deadline with rows left; sent a follow-up nudge', { remaining, queueUrl });
     } catch (error) {
-      logger.warn('could not send a follow-up nudge; the scheduled sweep drains the rest', { error: errorMessage(error) });
+      logger.warn('drain stopped at the deadline with rows left, and the follow-up nudge failed; the scheduled sweep drains them', {
+        remaining,
+        queueUrl,
+        error: signal.aborted ? `SendMessage timed out after ${sendTimeoutMs} ms` : errorMessage(error),
+      });
     }
   };
 
-  const sqs = middy<SQSEvent, SQSBatchResponse, Error, Context>()
+  const sqs = middy<SQSEvent, SQSBatchResponse, Error, Context>(timeoutPlugin('sqs'))
     .use(common())
     .handler(async (event, context) => {
       const records = recordsOf(event);
@@ -181,7 +222,7 @@ export function createDrainerHandlers(options: DrainerHandlersOptions): DrainerH
       return { batchItemFailures: failures };
     });
 
-  const schedule = middy<EventBridgeEvent<string, unknown>, SweepResult, Error, Context>()
+  const schedule = middy<EventBridgeEvent<string, unknown>, SweepResult, Error, Context>(timeoutPlugin('schedule'))
     .use(common())
     .handler(async (_event, context) => {
       const drain = await drainUntilDeadline(context);
@@ -190,7 +231,7 @@ export function createDrainerHandlers(options: DrainerHandlersOptions): DrainerH
       return { drain, status };
     });
 
-  const invoke = middy<unknown, InvokeResult, Error, Context>()
+  const invoke = middy<unknown, InvokeResult, Error, Context>(timeoutPlugin('invoke'))
     .use(common())
     .handler(async (event, context) => {
       const payload = parseInvokePayload(event);
@@ -265,8 +306,12 @@ function recordsOf(event: SQSEvent): SQSEvent['Records'] {
 
 /** Returns the moment to stop starting batches: the function's deadline minus the margin. */
 function deadlineOf(context: Context, config: DrainerConfig): number {
-  const remaining = typeof context?.getRemainingTimeInMillis === 'function' ? context.getRemainingTimeInMillis() : 60_000;
-  return Date.now() + remaining - config.deadlineMarginMs;
+  return Date.now() + remainingTimeOf(context) - config.deadlineMarginMs;
+}
+
+/** Returns the milliseconds left before the function timeout, or 60000 for a context without getRemainingTimeInMillis. */
+function remainingTimeOf(context: Context): number {
+  return typeof context?.getRemainingTimeInMillis === 'function' ? context.getRemainingTimeInMillis() : 60_000;
 }
 
 function recordDrainMetrics(metrics: Metrics, summary: DrainSummary): void {
