@@ -3,11 +3,12 @@ import {
   DeleteMessageBatchCommand,
   GetQueueAttributesCommand,
   ReceiveMessageCommand,
+  type DeleteMessageBatchCommandOutput,
   type Message,
   type MessageAttributeValue,
   type SQSClient,
 } from '@aws-sdk/client-sqs';
-import { errorMessage, silentLogger, ValidationError, type Logger } from '@search-outbox/core';
+import { errorMessage, SearchOutboxError, silentLogger, ValidationError, type Logger } from '@search-outbox/core';
 import type { Context, SQSBatchResponse, SQSEvent, SQSMessageAttributes, SQSRecord } from 'aws-lambda';
 
 /** An SQS-triggered Lambda handler, such as the `sqs` handler of `createDrainerHandlers`. */
@@ -48,8 +49,15 @@ export interface BatchOutcome {
   readonly received: readonly string[];
   /** Ids of the messages deleted because the handler reported them processed. */
   readonly deleted: readonly string[];
+  /**
+   * Ids of the messages the handler processed but that could not be deleted.
+   * SQS delivers them again after the visibility timeout, so the handler must be idempotent.
+   */
+  readonly undeleted: readonly string[];
   /** Ids of the messages left on the queue, to be received again after the visibility timeout. */
   readonly failed: readonly string[];
+  /** Message of the DeleteMessageBatch error, or undefined when every delete succeeded. */
+  readonly deleteError: string | undefined;
   /** The handler's response, or undefined when it threw. */
   readonly response: SQSBatchResponse | undefined;
   /** Message of the error the handler threw, or of its timeout. */
@@ -67,6 +75,8 @@ const DEFAULT_FUNCTION_TIMEOUT_MS = 60_000;
  * dead-letter queue after `maxReceiveCount` receives. When the handler
  * throws, returns an invalid response or runs past the function timeout, no
  * message is deleted. Returns undefined when the queue had no message.
+ * A failed ReceiveMessage throws. A failed delete is logged and reported in
+ * the outcome, because the handler's work is done by then.
  */
 export async function pollOnce(options: PollOptions, signal?: AbortSignal): Promise<BatchOutcome | undefined> {
   const settings = resolveSettings(options);
@@ -76,30 +86,42 @@ export async function pollOnce(options: PollOptions, signal?: AbortSignal): Prom
 
 /**
  * Polls the queue until `signal` aborts, invoking the handler once per
- * non-empty batch, one batch at a time. Errors of the SQS calls are logged
- * and retried after `errorBackoffMs`; the handler's own errors leave its
- * batch on the queue, as on Lambda.
+ * non-empty batch, one batch at a time. A failed SQS call is logged with the
+ * count of failures in a row, and the next poll waits `errorBackoffMs`. The
+ * first poll that works again is logged too. The handler's own errors leave
+ * its batch on the queue, as on Lambda.
  */
 export async function pollQueue(options: PollQueueOptions): Promise<void> {
   const settings = resolveSettings(options);
   const logger = options.logger ?? silentLogger;
   const backoffMs = options.errorBackoffMs ?? 1000;
   let queueArn = options.queueArn;
+  let consecutiveFailures = 0;
   logger.info('poller started', { queueUrl: options.queueUrl, batchSize: settings.batchSize });
 
   while (!options.signal.aborted) {
+    let outcome: BatchOutcome | undefined;
     try {
       queueArn ??= await readQueueArn(options.client, options.queueUrl, options.signal);
-      await receiveAndInvoke(options, settings, queueArn, options.signal);
+      outcome = await receiveAndInvoke(options, settings, queueArn, options.signal);
     } catch (error) {
       if (options.signal.aborted) break;
+      consecutiveFailures += 1;
       logger.warn('polling the queue failed; retrying', {
         queueUrl: options.queueUrl,
         error: errorMessage(error),
+        consecutiveFailures,
         retryInMs: backoffMs,
       });
       await sleep(backoffMs, options.signal);
+      continue;
     }
+    if (consecutiveFailures > 0) {
+      logger.info('polling the queue works again', { queueUrl: options.queueUrl, failedAttempts: consecutiveFailures });
+      consecutiveFailures = 0;
+    }
+    // A failed delete usually means that the queue is unreachable, so the next poll waits as after a failed receive.
+    if (outcome?.deleteError !== undefined) await sleep(backoffMs, options.signal);
   }
   logger.info('poller stopped', { queueUrl: options.queueUrl });
 }
@@ -130,15 +152,17 @@ async function receiveAndInvoke(
   signal: AbortSignal | undefined,
 ): Promise<BatchOutcome | undefined> {
   const logger = options.logger ?? silentLogger;
-  const received = await options.client.send(
-    new ReceiveMessageCommand({
-      QueueUrl: options.queueUrl,
-      MaxNumberOfMessages: settings.batchSize,
-      WaitTimeSeconds: settings.waitTimeSeconds,
-      MessageSystemAttributeNames: ['All'],
-      MessageAttributeNames: ['All'],
-    }),
-    signal === undefined ? {} : { abortSignal: signal },
+  const received = await sendRequest('ReceiveMessage', () =>
+    options.client.send(
+      new ReceiveMessageCommand({
+        QueueUrl: options.queueUrl,
+        MaxNumberOfMessages: settings.batchSize,
+        WaitTimeSeconds: settings.waitTimeSeconds,
+        MessageSystemAttributeNames: ['All'],
+        MessageAttributeNames: ['All'],
+      }),
+      signal === undefined ? {} : { abortSignal: signal },
+    ),
   );
   const messages = received.Messages ?? [];
   if (messages.length === 0) return undefined;
@@ -167,18 +191,32 @@ async function receiveAndInvoke(
 
   const failedIds = error === undefined ? failedMessageIds(response, ids, logger) : new Set(ids);
   const succeeded = event.Records.filter((record) => !failedIds.has(record.messageId));
-  await deleteMessages(options.client, options.queueUrl, succeeded, signal);
+  const deletion = await deleteMessages(options.client, options.queueUrl, succeeded, signal);
+  if (deletion.error !== undefined) {
+    logger.warn('deleting processed messages failed; they are received again after the visibility timeout', {
+      queueUrl: options.queueUrl,
+      messageIds: deletion.undeleted,
+      error: deletion.error,
+    });
+  }
 
   const outcome: BatchOutcome = {
     event,
     received: ids,
-    deleted: succeeded.map((record) => record.messageId),
+    deleted: deletion.deleted,
+    undeleted: deletion.undeleted,
     failed: ids.filter((id) => failedIds.has(id)),
+    deleteError: deletion.error,
     response,
     error,
     durationMs,
   };
-  logger.debug('processed batch', { deleted: outcome.deleted, failed: outcome.failed, durationMs });
+  logger.debug('processed batch', {
+    deleted: outcome.deleted,
+    undeleted: outcome.undeleted,
+    failed: outcome.failed,
+    durationMs,
+  });
   options.onBatch?.(outcome);
   return outcome;
 }
@@ -214,25 +252,47 @@ function failedMessageIds(response: SQSBatchResponse | undefined, ids: readonly 
   return failed;
 }
 
+interface DeleteResult {
+  readonly deleted: string[];
+  readonly undeleted: string[];
+  readonly error: string | undefined;
+}
+
+/** Deletes the records' messages and returns which ids were deleted. A failed call or entry is returned as an error, not thrown. */
 async function deleteMessages(
   client: SQSClient,
   queueUrl: string,
   records: readonly SQSRecord[],
   signal: AbortSignal | undefined,
-): Promise<void> {
-  if (records.length === 0) return;
-  const result = await client.send(
-    new DeleteMessageBatchCommand({
-      QueueUrl: queueUrl,
-      Entries: records.map((record, position) => ({ Id: String(position), ReceiptHandle: record.receiptHandle })),
-    }),
-    signal === undefined ? {} : { abortSignal: signal },
-  );
-  const failed = result.Failed ?? [];
-  if (failed.length > 0) {
-    const details = failed.map((entry) => `${entry.Id}: ${entry.Code ?? 'error'} ${entry.Message ?? ''}`.trim());
-    throw new Error(`DeleteMessageBatch failed for ${failed.length} of ${records.length} messages (${details.join('; ')})`);
+): Promise<DeleteResult> {
+  if (records.length === 0) return { deleted: [], undeleted: [], error: undefined };
+  const ids = records.map((record) => record.messageId);
+  let result: DeleteMessageBatchCommandOutput;
+  try {
+    result = await client.send(
+      new DeleteMessageBatchCommand({
+        QueueUrl: queueUrl,
+        Entries: records.map((record, position) => ({ Id: String(position), ReceiptHandle: record.receiptHandle })),
+      }),
+      signal === undefined ? {} : { abortSignal: signal },
+    );
+  } catch (error) {
+    return { deleted: [], undeleted: ids, error: `DeleteMessageBatch failed: ${errorMessage(error)}` };
   }
+  const failed = result.Failed ?? [];
+  if (failed.length === 0) return { deleted: ids, undeleted: [], error: undefined };
+
+  // Entry ids are the records' positions in the request.
+  const failedPositions = new Set(failed.map((entry) => Number(entry.Id)));
+  const details = failed.map((entry) => {
+    const messageId = records[Number(entry.Id)]?.messageId ?? `entry ${entry.Id}`;
+    return `${messageId}: ${entry.Code ?? 'error'} ${entry.Message ?? ''}`.trim();
+  });
+  return {
+    deleted: ids.filter((_, position) => !failedPositions.has(position)),
+    undeleted: ids.filter((_, position) => failedPositions.has(position)),
+    error: `DeleteMessageBatch failed for ${failed.length} of ${records.length} messages (${details.join('; ')})`,
+  };
 }
 
 /** Builds the record that Lambda passes for a received message. */
@@ -323,13 +383,24 @@ export function createLambdaContext(options: LambdaContextOptions): Context {
 }
 
 async function readQueueArn(client: SQSClient, queueUrl: string, signal: AbortSignal | undefined): Promise<string> {
-  const result = await client.send(
-    new GetQueueAttributesCommand({ QueueUrl: queueUrl, AttributeNames: ['QueueArn'] }),
-    signal === undefined ? {} : { abortSignal: signal },
+  const result = await sendRequest('GetQueueAttributes', () =>
+    client.send(
+      new GetQueueAttributesCommand({ QueueUrl: queueUrl, AttributeNames: ['QueueArn'] }),
+      signal === undefined ? {} : { abortSignal: signal },
+    ),
   );
   const arn = result.Attributes?.QueueArn;
   if (arn === undefined) throw new Error(`GetQueueAttributes returned no QueueArn for ${queueUrl}`);
   return arn;
+}
+
+/** Runs one SQS call and rethrows a failure with the operation's name in front of its message. */
+async function sendRequest<Output>(operation: string, call: () => Promise<Output>): Promise<Output> {
+  try {
+    return await call();
+  } catch (error) {
+    throw new SearchOutboxError(`${operation} failed: ${errorMessage(error)}`, { cause: error });
+  }
 }
 
 /** Returns the region of an ARN such as `arn:aws:sqs:us-east-1:000000000000:queue`. */
