@@ -8,9 +8,9 @@ import { capturingLogger, type LogLine } from '../support/logger.js';
 import { expectedCacheLines, readSortedCache } from '../support/oracle.js';
 
 /**
- * Faults on the database side of the write and drain paths: a COMMIT that
- * fails, a backend that dies while committing, and a pool with no free
- * connection. After each, one more drain must leave the cache equal to a
+ * Faults on the database side of the write and drain paths: a drainer
+ * backend terminated inside a batch, a COMMIT that fails, a backend that
+ * dies while committing, and a pool with no free connection. After each, one more drain must leave the cache equal to a
  * full rebuild from the source tables, with an empty outbox.
  */
 
