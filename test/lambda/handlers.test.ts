@@ -9,6 +9,7 @@ import {
   createSqsDispatcher,
   NUDGE_KIND,
   readDrainerConfig,
+  withReconnect,
   type DrainerDatabase,
 } from '@search-outbox/lambda';
 import type { Context, SQSEvent, SQSRecord } from 'aws-lambda';
@@ -294,6 +295,23 @@ describe('database access', () => {
     expect(drain).toMatchObject({ result: { rebuilt: 2 } });
   });
 
+  test('retries once per dead pooled connection', async () => {
+    const deadConnection = Object.assign(new Error('terminating connection due to administrator command'), { code: '57P01' });
+    const failTwice = () => {
+      let calls = 0;
+      return async () => {
+        calls += 1;
+        if (calls <= 2) throw deadConnection;
+        return calls;
+      };
+    };
+
+    await expect(withReconnect(failTwice(), silentLogger, 'drain', { retries: 2 })).resolves.toBe(3);
+    await expect(withReconnect(failTwice(), silentLogger, 'drain')).rejects.toBe(deadConnection);
+    const notConnection = new Error('relation "site" does not exist');
+    await expect(withReconnect(async () => Promise.reject(notConnection), silentLogger, 'drain', { retries: 5 })).rejects.toBe(notConnection);
+  });
+
   test('reads the password from Secrets Manager', async () => {
     const parts = connectionParts();
     const secrets = mockClient(SecretsManagerClient);
@@ -374,6 +392,26 @@ describe('configuration', () => {
     ['a bad queue URL', { DATABASE_URL: 'postgres://x', SEARCH_OUTBOX_QUEUE_URL: 'queue' }, /SEARCH_OUTBOX_QUEUE_URL: "queue" is not a valid URL/],
   ])('rejects %s', (_label, environment, message) => {
     expect(() => readDrainerConfig(environment)).toThrow(message);
+  });
+
+  test.each([
+    ['a pool size of 0', { poolMax: 0 }, /Invalid config.poolMax: 0 must be an integer from 1 to 20/],
+    ['a string batch size', { batchSize: '500' }, /Invalid config.batchSize: "500" must be an integer from 1 to 10000/],
+    ['an unsafe schema', { cacheSchema: 'public; DROP TABLE x' }, /Invalid config.cacheSchema: "public; DROP TABLE x" is not a valid schema name/],
+    ['an unknown SSL mode', { ssl: 'prefer' }, /Invalid config.ssl: "prefer" must be one of disable, require, verify-full/],
+    ['a queue URL that is no URL', { queueUrl: 'queue' }, /Invalid config.queueUrl: "queue" is not a valid URL/],
+    ['an empty region', { region: ' ' }, /Invalid config.region: " " must be a non-empty string/],
+    ['an unknown credential kind', { database: { kind: 'password' } }, /Invalid config.database: \{"kind":"password"\} must be an object whose kind is one of url, provided, secret, iam/],
+    ['a secret without an id', { database: { kind: 'secret', host: 'h', port: 5432, database: 'd', user: 'u' } }, /Invalid config.database.secretId: undefined must be the id or ARN/],
+    ['an IAM port of 0', { database: { kind: 'iam', host: 'h', port: 0, database: 'd', user: 'u' } }, /Invalid config.database.port: 0 must be an integer from 1 to 65535/],
+  ])('rejects %s passed in code', (_label, overrides, message) => {
+    expect(() => readDrainerConfig({ DATABASE_URL: 'postgres://x' }, overrides as never)).toThrow(message);
+  });
+
+  test('hides a connection string passed in code', () => {
+    const overrides = { database: { kind: 'url' as const, connectionString: 'mysql://user:s3cret@host/db' } };
+    expect(() => readDrainerConfig({}, overrides)).toThrow(/config.database.connectionString: "\(hidden\)"/);
+    expect(() => readDrainerConfig({}, overrides)).not.toThrow(/s3cret/);
   });
 
   test('never shows the connection string', () => {

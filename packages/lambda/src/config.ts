@@ -105,6 +105,7 @@ export function readDrainerConfig(
     throw new ValidationError(ENVIRONMENT_VARIABLES.ssl, sslRaw, `must be one of ${SSL_MODES.join(', ')}`);
   }
   const queueUrl = env('queueUrl');
+  validateOverrides(overrides);
 
   return {
     database: overrides.database ?? readCredentials(env, integer),
@@ -122,6 +123,80 @@ export function readDrainerConfig(
       overrides.queueUrl ?? (queueUrl === undefined ? undefined : validateQueueUrl(queueUrl, ENVIRONMENT_VARIABLES.queueUrl)),
     region: overrides.region ?? env('region'),
   };
+}
+
+/** Integer settings that code may pass in place of the environment, with their allowed range. */
+const INTEGER_OVERRIDES = {
+  poolMax: [1, 20],
+  statementTimeoutMs: [0, 900_000],
+  idleInTransactionTimeoutMs: [0, 900_000],
+  connectTimeoutMs: [100, 60_000],
+  batchSize: [1, 10_000],
+  deadlineMarginMs: [0, 600_000],
+} as const;
+
+const CREDENTIAL_KINDS = ['url', 'provided', 'secret', 'iam'] as const;
+
+/**
+ * Checks settings passed in code with the rules of their environment
+ * variables, so a bad value fails at startup and names the setting, not
+ * later in the first query. Error paths start with `config.`.
+ */
+function validateOverrides(overrides: Partial<DrainerConfig>): void {
+  if (typeof overrides !== 'object' || overrides === null || Array.isArray(overrides)) {
+    throw new ValidationError('config', overrides, 'must be an object of drainer settings');
+  }
+  for (const [key, [min, max]] of Object.entries(INTEGER_OVERRIDES)) {
+    const value: unknown = overrides[key as keyof typeof INTEGER_OVERRIDES];
+    if (value === undefined) continue;
+    if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min || value > max) {
+      throw new ValidationError(`config.${key}`, value, `must be an integer from ${min} to ${max}`);
+    }
+  }
+  for (const key of ['outboxSchema', 'cacheSchema'] as const) {
+    const value: unknown = overrides[key];
+    if (value !== undefined && (typeof value !== 'string' || !SCHEMA_PATTERN.test(value))) {
+      throw new ValidationError(`config.${key}`, value, 'is not a valid schema name (letters, digits, underscores)');
+    }
+  }
+  if (overrides.ssl !== undefined && !SSL_MODES.includes(overrides.ssl)) {
+    throw new ValidationError('config.ssl', overrides.ssl, `must be one of ${SSL_MODES.join(', ')}`);
+  }
+  if (overrides.queueUrl !== undefined) validateQueueUrl(overrides.queueUrl, 'config.queueUrl');
+  const region: unknown = overrides.region;
+  if (region !== undefined && (typeof region !== 'string' || region.trim() === '')) {
+    throw new ValidationError('config.region', region, 'must be a non-empty string such as us-east-1');
+  }
+  if (overrides.database !== undefined) validateCredentials(overrides.database);
+}
+
+function validateCredentials(credentials: unknown): void {
+  const kind = (credentials as { kind?: unknown } | null)?.kind;
+  if (typeof credentials !== 'object' || credentials === null || !CREDENTIAL_KINDS.includes(kind as never)) {
+    throw new ValidationError('config.database', credentials, `must be an object whose kind is one of ${CREDENTIAL_KINDS.join(', ')}`);
+  }
+  const fields = credentials as Record<string, unknown>;
+  if (kind === 'url') {
+    const url = fields.connectionString;
+    if (typeof url !== 'string' || !/^postgres(ql)?:\/\//.test(url)) {
+      // The value may contain a password, so the message does not show it.
+      throw new ValidationError('config.database.connectionString', '(hidden)', 'must start with postgres:// or postgresql://');
+    }
+    return;
+  }
+  if (kind === 'provided') return;
+  for (const key of ['host', 'database', 'user'] as const) {
+    if (typeof fields[key] !== 'string' || (fields[key] as string).length === 0) {
+      throw new ValidationError(`config.database.${key}`, fields[key], 'must be a non-empty string');
+    }
+  }
+  const port = fields.port;
+  if (typeof port !== 'number' || !Number.isSafeInteger(port) || port < 1 || port > 65_535) {
+    throw new ValidationError('config.database.port', port, 'must be an integer from 1 to 65535');
+  }
+  if (kind === 'secret' && (typeof fields.secretId !== 'string' || fields.secretId.length === 0)) {
+    throw new ValidationError('config.database.secretId', fields.secretId, 'must be the id or ARN of a Secrets Manager secret');
+  }
 }
 
 function readCredentials(
