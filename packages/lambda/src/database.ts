@@ -24,7 +24,7 @@ const IAM_TOKEN_REUSE_MS = 10 * 60 * 1000;
  * Creates the pool lazily (pg connects on the first query) with server-side
  * statement and idle-in-transaction timeouts. A connection that dies, for
  * example while the function was frozen, is logged and dropped by the pool
- * instead of crashing the process. `withReconnect` retries the work once.
+ * instead of crashing the process. `withReconnect` runs the work again.
  */
 export function createDrainerDatabase(
   config: DrainerConfig,
@@ -149,18 +149,30 @@ export function isConnectionError(error: unknown): boolean {
 }
 
 /**
- * Runs `work`, and runs it once more when it failed on a dead connection.
- * Safe for drains, rebuilds and reads: their transactions roll back whole,
- * and the retry starts from what is committed.
+ * Runs `work`, and runs it again when it failed on a dead connection, at
+ * most `retries` times (default 1). After a restart or failover every idle
+ * connection of the pool may be dead, and each retry can draw another of
+ * them before the pool opens a new one, so callers pass the pool size. Safe
+ * for drains, rebuilds and reads: their transactions roll back whole, and a
+ * retry starts from what is committed.
  */
-export async function withReconnect<T>(work: () => Promise<T>, logger: Logger, what: string): Promise<T> {
-  try {
-    return await work();
-  } catch (error) {
-    if (!isConnectionError(error)) throw error;
-    logger.warn(`${what} failed on a dead database connection; retrying once with a new connection`, {
-      error: errorMessage(error),
-    });
-    return work();
+export async function withReconnect<T>(
+  work: () => Promise<T>,
+  logger: Logger,
+  what: string,
+  options: { readonly retries?: number } = {},
+): Promise<T> {
+  const retries = options.retries ?? 1;
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return await work();
+    } catch (error) {
+      if (!isConnectionError(error) || attempt > retries) throw error;
+      logger.warn(`${what} failed on a dead database connection; retrying with another connection`, {
+        error: errorMessage(error),
+        retry: attempt,
+        maxRetries: retries,
+      });
+    }
   }
 }

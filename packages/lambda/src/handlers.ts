@@ -139,10 +139,13 @@ export function createDrainerHandlers(options: DrainerHandlersOptions): DrainerH
     return middlewares;
   };
 
+  // Each retry may draw another dead idle connection, so there is one per pooled connection.
+  const reconnecting = <T>(work: () => Promise<T>, what: string): Promise<T> =>
+    withReconnect(work, logger, what, { retries: config.poolMax });
+
   const drainUntilDeadline = async (context: Context): Promise<DrainSummary> => {
-    const summary = await withReconnect(
+    const summary = await reconnecting(
       () => outbox.drain({ deadline: deadlineOf(context, config), batchSize: config.batchSize }),
-      logger,
       'drain',
     );
     recordDrainMetrics(metrics, summary);
@@ -226,7 +229,7 @@ export function createDrainerHandlers(options: DrainerHandlersOptions): DrainerH
     .use(common())
     .handler(async (_event, context) => {
       const drain = await drainUntilDeadline(context);
-      const status = await withReconnect(() => outbox.status(), logger, 'status');
+      const status = await reconnecting(() => outbox.status(), 'status');
       recordStatusMetrics(metrics, status);
       return { drain, status };
     });
@@ -243,34 +246,32 @@ export function createDrainerHandlers(options: DrainerHandlersOptions): DrainerH
   const runAction = async (payload: InvokePayload, context: Context): Promise<unknown> => {
     switch (payload.action) {
       case 'drain': {
-        const summary = await withReconnect(
+        const summary = await reconnecting(
           () =>
             outbox.drain({
               deadline: deadlineOf(context, config),
               batchSize: payload.batchSize ?? config.batchSize,
               ...(payload.maxBatches === undefined ? {} : { maxBatches: payload.maxBatches }),
             }),
-          logger,
           'drain',
         );
         recordDrainMetrics(metrics, summary);
         return summary;
       }
       case 'rebuild':
-        return withReconnect(() => rebuildUntilDeadline(payload, context), logger, 'rebuild');
+        return reconnecting(() => rebuildUntilDeadline(payload, context), 'rebuild');
       case 'status': {
-        const status = await withReconnect(() => outbox.status(), logger, 'status');
+        const status = await reconnecting(() => outbox.status(), 'status');
         recordStatusMetrics(metrics, status);
         return status;
       }
       case 'retry':
-        return withReconnect(
+        return reconnecting(
           () =>
             outbox.retry({
               ...(payload.objectType === undefined ? {} : { objectType: payload.objectType }),
               ...(payload.objectIds === undefined ? {} : { objectIds: payload.objectIds }),
             }),
-          logger,
           'retry',
         );
     }
