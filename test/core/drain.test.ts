@@ -186,6 +186,44 @@ describe('failing objects', () => {
     expect(await readCache(database.db)).toContain('dcim.site|2|cf_rank|int|4|1000');
   });
 
+  test('leave no dead row once a later mark drains', async () => {
+    await seedOneBadSite();
+    await outbox.drain();
+    await outbox.drain();
+    await outbox.drain();
+    expect(await countOutbox(database.db, 'dead')).toBe(1);
+
+    // Still failing: the new mark fails too, and the dead row stays.
+    await outbox.mark(database.db, 'dcim.site', 2);
+    const stillFailing = await outbox.drain();
+    expect(stillFailing).toMatchObject({ failed: 1, deadRetired: 0 });
+    expect(await countOutbox(database.db, 'dead')).toBe(1);
+
+    // Fixed: the next rebuild succeeds and retires the dead row with the pending ones.
+    await sql`UPDATE site SET custom_field_data = '{"rank": 4}' WHERE id = 2`.execute(database.db);
+    await outbox.mark(database.db, 'dcim.site', 2);
+    await sql`UPDATE search_outbox.outbox SET available_at = now() WHERE state = 'pending'`.execute(database.db);
+    const fixed = await outbox.drain();
+
+    expect(fixed).toMatchObject({ rebuilt: 1, failed: 0, deadRetired: 1 });
+    expect(await countOutbox(database.db)).toBe(0);
+    expect((await outbox.status()).dead).toBe(0);
+    expect(await readCache(database.db)).toContain('dcim.site|2|cf_rank|int|4|1000');
+  });
+
+  test('keep the dead rows of other objects', async () => {
+    await seedOneBadSite();
+    await outbox.drain();
+    await outbox.drain();
+    await outbox.drain();
+    await outbox.mark(database.db, 'dcim.site', [1, 3]);
+    await outbox.mark(database.db, 'dcim.device', 2);
+    const summary = await outbox.drain();
+
+    expect(summary.deadRetired).toBe(0);
+    expect(await countOutbox(database.db, 'dead')).toBe(1);
+  });
+
   test('wait for their backoff before the next attempt', async () => {
     const slow = createSearchOutbox({
       db: database.db,

@@ -59,6 +59,8 @@ export interface DrainProgress {
   readonly dead: number;
   /** Objects whose rows were retired without a rebuild: their schema, table or object type is gone. */
   readonly skipped: number;
+  /** Dead outbox rows deleted because a later rebuild of their object succeeded. */
+  readonly deadRetired: number;
 }
 
 export interface DrainSummary extends DrainProgress {
@@ -92,6 +94,7 @@ interface BatchResult {
   readonly failed: number;
   readonly dead: number;
   readonly skipped: number;
+  readonly deadRetired: number;
 }
 
 export const DEFAULT_BATCH_SIZE = 500;
@@ -137,7 +140,7 @@ export class Drainer {
       throw new ValidationError('signal', options.signal, 'must be an AbortSignal');
     }
 
-    const totals = { batches: 0, claimed: 0, objects: 0, rebuilt: 0, removed: 0, failed: 0, dead: 0, skipped: 0 };
+    const totals = { batches: 0, claimed: 0, objects: 0, rebuilt: 0, removed: 0, failed: 0, dead: 0, skipped: 0, deadRetired: 0 };
     let slowestBatchMs = 0;
     let stoppedBy: DrainSummary['stoppedBy'] = 'empty';
 
@@ -184,6 +187,7 @@ export class Drainer {
       totals.failed += batch.failed;
       totals.dead += batch.dead;
       totals.skipped += batch.skipped;
+      totals.deadRetired += batch.deadRetired;
       this.#logger.debug('drained batch', { ...batch, durationMs: Date.now() - batchStarted });
       options.onProgress?.({ ...totals });
       if (batch.batchRows < batchSize) break;
@@ -214,15 +218,15 @@ export class Drainer {
 
       const failedIds = new Set(failures.flatMap((failure) => failure.object.outboxIds));
       const retiredIds = rows.map((row) => row.id).filter((id) => !failedIds.has(id));
-      await sql`DELETE FROM ${table(this.#outboxSchema, OUTBOX_TABLE)} WHERE id = ANY(${retiredIds}::bigint[])`.execute(
-        trx,
-      );
+      const failedObjects = new Set(failures.map((failure) => failure.object));
+      const succeeded = runnable.filter((object) => !failedObjects.has(object));
+      const deadRetired = await this.#retire(trx, retiredIds, succeeded);
 
-      const succeeded = runnable.filter((object) => !failures.some((failure) => failure.object === object));
       const rebuilt = succeeded.filter((object) => rebuiltKeys.has(objectKeyString(object))).length;
       return {
         claimed: rows.length,
         batchRows,
+        deadRetired,
         objects: objects.length,
         rebuilt,
         removed: succeeded.length - rebuilt,
@@ -231,6 +235,35 @@ export class Drainer {
         skipped: skipped.length,
       };
     });
+  }
+
+  /**
+   * Deletes the claimed rows that are done, and the dead rows of the objects
+   * rebuilt in this batch. A dead row stands for a change that failed to
+   * drain; a successful rebuild read the object after that change, so the
+   * row has nothing left to do. A dead row that another transaction has
+   * locked (a concurrent retry or claim) is skipped rather than waited for,
+   * because that transaction may be waiting for this batch's object locks.
+   * Returns the number of dead rows deleted.
+   */
+  async #retire(trx: Transaction<any>, retiredIds: readonly string[], rebuilt: readonly ClaimedObject[]): Promise<number> {
+    const outbox = table(this.#outboxSchema, OUTBOX_TABLE);
+    const result = await sql<{ dead: string }>`
+      WITH retired AS (
+        DELETE FROM ${outbox}
+        WHERE id = ANY(${retiredIds}::bigint[])
+           OR id = ANY(ARRAY(
+                SELECT d.id FROM ${outbox} AS d
+                JOIN unnest(${rebuilt.map((o) => o.schema)}::text[], ${rebuilt.map((o) => o.objectType)}::text[],
+                            ${rebuilt.map((o) => o.objectId)}::text[]) AS k(target_schema, object_type, object_id)
+                  ON d.object_type = k.object_type AND d.object_id = k.object_id AND d.target_schema = k.target_schema
+                WHERE d.state = 'dead'
+                FOR UPDATE OF d SKIP LOCKED))
+        RETURNING state
+      )
+      SELECT count(*) FILTER (WHERE state = 'dead') AS dead FROM retired
+    `.execute(trx);
+    return Number(result.rows[0]?.dead ?? 0);
   }
 
   async #claim(
@@ -389,7 +422,7 @@ export class Drainer {
 }
 
 function emptyBatch(): BatchResult {
-  return { claimed: 0, batchRows: 0, objects: 0, rebuilt: 0, removed: 0, failed: 0, dead: 0, skipped: 0 };
+  return { claimed: 0, batchRows: 0, objects: 0, rebuilt: 0, removed: 0, failed: 0, dead: 0, skipped: 0, deadRetired: 0 };
 }
 
 /** Coalesces claimed rows across transactions: one entry per object, holding all its row ids. */

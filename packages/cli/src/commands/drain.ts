@@ -56,6 +56,9 @@ export function registerDrain(program: Command, build: CommandBuilder): void {
           `Claimed ${summary.claimed} outbox rows for ${summary.objects} objects in ${summary.batches} batches (${summary.durationMs} ms)`,
           `  rebuilt ${summary.rebuilt}, removed ${summary.removed}, failed ${summary.failed}, dead ${summary.dead}, skipped ${summary.skipped}`,
           `  remaining ${summary.remaining}; stopped: ${summary.stoppedBy}`,
+          ...(summary.deadRetired > 0
+            ? [`  ${summary.deadRetired} dead rows retired: a later rebuild of their objects succeeded`]
+            : []),
         ]);
       }
       const failed = summary.failed > 0 || summary.dead > 0 || summary.stoppedBy === 'aborted';
