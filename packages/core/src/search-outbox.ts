@@ -1,7 +1,8 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
-import type { Kysely, Transaction } from 'kysely';
+import { randomUUID } from 'node:crypto';
+import { sql, type Kysely, type Transaction } from 'kysely';
 import { Drainer, type DrainOptions, type DrainSummary, type RetrySettings } from './drain.js';
-import { errorMessage, ValidationError } from './errors.js';
+import { errorMessage, SearchOutboxError, ValidationError } from './errors.js';
 import { assertIdentifier } from './identifiers.js';
 import { defineIndexes, IndexRegistry, type SearchIndex } from './indexes.js';
 import { validateLogger, type Logger } from './logger.js';
@@ -63,10 +64,22 @@ export interface DispatchStats {
   readonly dispatchFailures: number;
 }
 
-interface TransactionContext {
+/** What the marks of one helper transaction collect for its dispatch. */
+interface CollectedMarks {
   readonly transactionIds: Set<string>;
   readonly schemas: Set<string>;
   objects: number;
+}
+
+/** The helper transaction, or nested savepoint, that a callback runs in. */
+interface TransactionContext {
+  /** Shared by a helper transaction and every call nested in it. */
+  readonly collected: CollectedMarks;
+  readonly trx: Transaction<any>;
+  /** False once the transaction has ended; a callback that outlives it starts a new transaction. */
+  open: boolean;
+  /** True while a nested call runs in this context, to reject a second one running at the same time. */
+  nestedRunning: boolean;
 }
 
 /** The outbox of one application: marks, the transaction helper, drain, rebuild, search and status. */
@@ -135,11 +148,28 @@ export class SearchOutbox {
    * commit, the objects it marked are dispatched (drained inline by
    * default). A failure after the commit is logged and counted, never
    * thrown: the change is committed and the next drain picks it up.
+   *
+   * A call made inside another call's callback joins that transaction as a
+   * savepoint: its failure rolls back only its own work, and its marks are
+   * dispatched after the outer commit. Nested calls on one transaction must
+   * run one at a time.
    */
   async transaction<T>(callback: (trx: Transaction<any>) => Promise<T>): Promise<T> {
-    const context: TransactionContext = { transactionIds: new Set(), schemas: new Set(), objects: 0 };
-    const result = await this.#context.run(context, () => this.db.transaction().execute(callback));
-    if (context.transactionIds.size > 0) await this.#dispatch(context);
+    const outer = this.#context.getStore();
+    if (outer?.open === true) return this.#nestedTransaction(outer, callback);
+
+    const collected: CollectedMarks = { transactionIds: new Set(), schemas: new Set(), objects: 0 };
+    let context: TransactionContext | undefined;
+    let result: T;
+    try {
+      result = await this.db.transaction().execute((trx) => {
+        context = { collected, trx, open: true, nestedRunning: false };
+        return this.#context.run(context, () => callback(trx));
+      });
+    } finally {
+      if (context !== undefined) context.open = false;
+    }
+    if (collected.transactionIds.size > 0) await this.#dispatch(collected);
     return result;
   }
 
@@ -181,34 +211,67 @@ export class SearchOutbox {
     return migrate(this.db, { logger: this.logger, ...options, outboxSchema: this.outboxSchema });
   }
 
+  /** Runs a nested helper call as a savepoint of the outer helper transaction. */
+  async #nestedTransaction<T>(outer: TransactionContext, callback: (trx: Transaction<any>) => Promise<T>): Promise<T> {
+    if (outer.nestedRunning) {
+      throw new SearchOutboxError(
+        'A nested outbox.transaction() call started while another one was running in the same transaction; run nested calls one at a time',
+      );
+    }
+    outer.nestedRunning = true;
+    const savepoint = sql.id(`search_outbox_nested_${randomUUID().replaceAll('-', '')}`);
+    const inner: TransactionContext = { collected: outer.collected, trx: outer.trx, open: true, nestedRunning: false };
+    try {
+      await sql`SAVEPOINT ${savepoint}`.execute(outer.trx);
+      try {
+        const result = await this.#context.run(inner, () => callback(outer.trx));
+        await sql`RELEASE SAVEPOINT ${savepoint}`.execute(outer.trx);
+        return result;
+      } catch (error) {
+        // If this fails too, the outer transaction cannot commit, and the
+        // callback's error is the one that explains why.
+        await sql`ROLLBACK TO SAVEPOINT ${savepoint}`.execute(outer.trx).catch(() => undefined);
+        throw error;
+      }
+    } finally {
+      inner.open = false;
+      outer.nestedRunning = false;
+    }
+  }
+
   #record(result: MarkResult): MarkResult {
-    const context = this.#context.getStore();
-    if (context !== undefined && result.transactionId !== null) {
-      context.transactionIds.add(result.transactionId);
-      context.objects += result.objects;
-      if (result.schema !== null) context.schemas.add(result.schema);
+    const collected = this.#context.getStore()?.collected;
+    if (collected !== undefined && result.transactionId !== null) {
+      collected.transactionIds.add(result.transactionId);
+      collected.objects += result.objects;
+      if (result.schema !== null) collected.schemas.add(result.schema);
     }
     return result;
   }
 
-  async #dispatch(context: TransactionContext): Promise<void> {
+  async #dispatch(collected: CollectedMarks): Promise<void> {
     if (this.#dispatcher === null) return;
     const committed: CommittedTransaction = {
-      transactionIds: [...context.transactionIds],
-      schemas: [...context.schemas],
-      objects: context.objects,
+      transactionIds: [...collected.transactionIds],
+      schemas: [...collected.schemas],
+      objects: collected.objects,
     };
     try {
       await this.#dispatcher.dispatch(committed, this);
       this.#dispatched += 1;
     } catch (error) {
       this.#dispatchFailures += 1;
-      this.logger.error('dispatch after commit failed; the committed marks wait for the next drain', {
-        transactionIds: committed.transactionIds,
-        objects: committed.objects,
-        error: errorMessage(error),
-        dispatchFailures: this.#dispatchFailures,
-      });
+      try {
+        this.logger.error('dispatch after commit failed; the committed marks wait for the next drain', {
+          transactionIds: committed.transactionIds,
+          objects: committed.objects,
+          error: errorMessage(error),
+          dispatchFailures: this.#dispatchFailures,
+        });
+      } catch {
+        // The change is committed: a failing logger must not make the caller
+        // retry it. The failure is still counted in `stats`.
+      }
     }
   }
 }
