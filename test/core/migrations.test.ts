@@ -32,6 +32,7 @@ describe('migrate', () => {
     expect(result.applied.map((m) => `${m.schema}:${m.scope}:${m.version}`)).toEqual([
       'search_outbox:outbox:1',
       'search_outbox:outbox:2',
+      'search_outbox:outbox:3',
       'public:cache:1',
       'public:cache:2',
       'public:cache:3',
@@ -42,6 +43,7 @@ describe('migrate', () => {
       'public:cache:3',
       'search_outbox:outbox:1',
       'search_outbox:outbox:2',
+      'search_outbox:outbox:3',
     ]);
     const tables = await sql<{ name: string }>`
       SELECT to_regclass('search_outbox.outbox')::text AS name
@@ -65,6 +67,7 @@ describe('migrate', () => {
     expect(await recordedVersions(db, 'my_outbox')).toEqual([
       'my_outbox:outbox:1',
       'my_outbox:outbox:2',
+      'my_outbox:outbox:3',
       'tenant_a:cache:1',
       'tenant_a:cache:2',
       'tenant_a:cache:3',
@@ -98,7 +101,7 @@ describe('migrate', () => {
 
     const attempt = migrate(db);
     await expect(attempt).rejects.toThrow(MigrationError);
-    await expect(attempt).rejects.toThrow(/at version 3, but this version of search-outbox knows versions up to 2/);
+    await expect(attempt).rejects.toThrow(/at version 4, but this version of search-outbox knows versions up to 3/);
   });
 
   test('reinstalls the cache of a dropped and re-created schema', async () => {
@@ -142,6 +145,6 @@ describe('migrate', () => {
     const outbox = createSearchOutbox({ db, indexes: FIXTURE_INDEXES, outboxSchema: 'custom_outbox' });
     await outbox.migrate();
 
-    expect(await recordedVersions(db, 'custom_outbox')).toContain('custom_outbox:outbox:2');
+    expect(await recordedVersions(db, 'custom_outbox')).toContain('custom_outbox:outbox:3');
   });
 });

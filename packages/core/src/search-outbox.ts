@@ -64,7 +64,7 @@ export interface DispatchStats {
   readonly dispatchFailures: number;
 }
 
-/** What the marks of one helper transaction collect for its dispatch. */
+/** Transaction ids, schemas and object count that the marks of one helper transaction collect for its dispatch. */
 interface CollectedMarks {
   readonly transactionIds: Set<string>;
   readonly schemas: Set<string>;
