@@ -133,6 +133,6 @@ describe('verify', () => {
       database.db,
     );
 
-    await expect(outbox.verify()).rejects.toThrow(/is at outbox version 99, but this code expects 2; upgrade search-outbox/);
+    await expect(outbox.verify()).rejects.toThrow(/is at outbox version 99, but this code expects 4; upgrade search-outbox/);
   });
 });

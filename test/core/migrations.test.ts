@@ -33,6 +33,7 @@ describe('migrate', () => {
       'search_outbox:outbox:1',
       'search_outbox:outbox:2',
       'search_outbox:outbox:3',
+      'search_outbox:outbox:4',
       'public:cache:1',
       'public:cache:2',
       'public:cache:3',
@@ -44,6 +45,7 @@ describe('migrate', () => {
       'search_outbox:outbox:1',
       'search_outbox:outbox:2',
       'search_outbox:outbox:3',
+      'search_outbox:outbox:4',
     ]);
     const tables = await sql<{ name: string }>`
       SELECT to_regclass('search_outbox.outbox')::text AS name
@@ -68,6 +70,7 @@ describe('migrate', () => {
       'my_outbox:outbox:1',
       'my_outbox:outbox:2',
       'my_outbox:outbox:3',
+      'my_outbox:outbox:4',
       'tenant_a:cache:1',
       'tenant_a:cache:2',
       'tenant_a:cache:3',
@@ -101,7 +104,7 @@ describe('migrate', () => {
 
     const attempt = migrate(db);
     await expect(attempt).rejects.toThrow(MigrationError);
-    await expect(attempt).rejects.toThrow(/at version 4, but this version of search-outbox knows versions up to 3/);
+    await expect(attempt).rejects.toThrow(/at version 5, but this version of search-outbox knows versions up to 4/);
   });
 
   test('reinstalls the cache of a dropped and re-created schema', async () => {
@@ -145,6 +148,6 @@ describe('migrate', () => {
     const outbox = createSearchOutbox({ db, indexes: FIXTURE_INDEXES, outboxSchema: 'custom_outbox' });
     await outbox.migrate();
 
-    expect(await recordedVersions(db, 'custom_outbox')).toContain('custom_outbox:outbox:3');
+    expect(await recordedVersions(db, 'custom_outbox')).toContain('custom_outbox:outbox:4');
   });
 });

@@ -1,5 +1,5 @@
 import { sql, type Kysely, type Transaction } from 'kysely';
-import { ValidationError, errorMessage } from './errors.js';
+import { ValidationError, errorMessage, isOutOfSharedMemory } from './errors.js';
 import { table } from './identifiers.js';
 import type { IndexRegistry } from './indexes.js';
 import type { Logger } from './logger.js';
@@ -142,6 +142,7 @@ export class Drainer {
 
     const totals = { batches: 0, claimed: 0, objects: 0, rebuilt: 0, removed: 0, failed: 0, dead: 0, skipped: 0, deadRetired: 0 };
     let slowestBatchMs = 0;
+    let currentBatchSize = batchSize;
     let stoppedBy: DrainSummary['stoppedBy'] = 'empty';
 
     for (;;) {
@@ -163,14 +164,27 @@ export class Drainer {
       const batchStarted = Date.now();
       let batch: BatchResult;
       try {
-        batch = await this.#runBatch(batchSize, transactionIds);
+        batch = await this.#runBatch(currentBatchSize, transactionIds);
       } catch (error) {
+        // Each object of a batch holds an advisory lock until the commit, and
+        // PostgreSQL's lock table is shared by all sessions, so a large batch
+        // among concurrent drainers can exhaust it. A smaller batch fits.
+        if (isOutOfSharedMemory(error) && currentBatchSize > 1) {
+          const smaller = Math.floor(currentBatchSize / 2);
+          this.#logger.warn('drain batch ran out of shared memory for its object locks and was rolled back; retrying with a smaller batch', {
+            batchSize: currentBatchSize,
+            nextBatchSize: smaller,
+            error: errorMessage(error),
+          });
+          currentBatchSize = smaller;
+          continue;
+        }
         // The batch's transaction rolled back as a whole (a lost connection,
         // a failed COMMIT, a timeout), so its rows are still pending with
         // their attempt counts unchanged, and the next drain claims them again.
         this.#logger.error('drain batch failed and was rolled back, so its outbox rows stay pending', {
           batch: totals.batches + 1,
-          batchSize,
+          batchSize: currentBatchSize,
           drainedSoFar: totals.claimed,
           error: errorMessage(error),
         });
@@ -190,7 +204,7 @@ export class Drainer {
       totals.deadRetired += batch.deadRetired;
       this.#logger.debug('drained batch', { ...batch, durationMs: Date.now() - batchStarted });
       options.onProgress?.({ ...totals });
-      if (batch.batchRows < batchSize) break;
+      if (batch.batchRows < currentBatchSize) break;
     }
 
     const remaining = await this.#countPending(transactionIds);

@@ -95,3 +95,11 @@ export function errorMessage(error: unknown): string {
   if (error instanceof Error) return error.message;
   return typeof error === 'string' ? error : describeValue(error);
 }
+
+/** SQLSTATE of "out of shared memory", which PostgreSQL raises when its shared lock table is full. */
+const OUT_OF_SHARED_MEMORY = '53200';
+
+/** Returns whether a database error means the server ran out of shared memory, usually of lock table entries. */
+export function isOutOfSharedMemory(error: unknown): boolean {
+  return (error as { code?: unknown } | null)?.code === OUT_OF_SHARED_MEMORY;
+}

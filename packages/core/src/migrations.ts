@@ -99,6 +99,20 @@ const MIGRATIONS: readonly Migration[] = [
     },
   },
   {
+    version: 4,
+    name: 'track_rebuild_runs',
+    scope: 'outbox',
+    async up(trx, schema) {
+      // A rebuild of several types records which run rebuilt each type, so
+      // that a resumed run skips the types that the interrupted run finished.
+      await sql`
+        ALTER TABLE ${table(schema, 'rebuild_progress')}
+        ADD COLUMN run_key text,
+        ADD COLUMN run_id text
+      `.execute(trx);
+    },
+  },
+  {
     version: 1,
     name: 'create_search_cache',
     scope: 'cache',

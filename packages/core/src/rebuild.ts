@@ -1,7 +1,8 @@
+import { randomUUID } from 'node:crypto';
 import { sql, type Kysely, type Transaction } from 'kysely';
 import { selectKeyChunk } from './cache-rows.js';
 import { validateInteger } from './drain.js';
-import { errorMessage, SearchOutboxError, ValidationError } from './errors.js';
+import { errorMessage, isOutOfSharedMemory, SearchOutboxError, ValidationError } from './errors.js';
 import { assertIdentifier, table } from './identifiers.js';
 import type { IndexRegistry, ResolvedIndex } from './indexes.js';
 import type { Logger } from './logger.js';
@@ -21,7 +22,9 @@ export interface RebuildOptions {
   readonly chunkSize?: number;
   /**
    * Start over even when an earlier rebuild of a type stopped halfway.
-   * Default: false, so an interrupted rebuild resumes after its last chunk.
+   * Default: false, so an interrupted rebuild resumes after its last chunk,
+   * and a rebuild of the same types skips the types that the interrupted
+   * run had finished.
    */
   readonly restart?: boolean;
   /** Called after every chunk. */
@@ -54,6 +57,11 @@ export interface RebuiltType {
   readonly failed: number;
   /** True when this run continued an interrupted rebuild. */
   readonly resumed: boolean;
+  /**
+   * True when an interrupted rebuild of the same types had already finished
+   * this type, so this run skipped it; `objects` is then that run's count.
+   */
+  readonly skipped: boolean;
 }
 
 export interface RebuildSummary {
@@ -87,12 +95,28 @@ export async function rebuildCache(
   const indexes = resolveTypes(registry, options.objectTypes);
   await assertCacheExists(db, schema);
 
+  const run = await startRun(db, outboxSchema, schema, indexes, options.restart === true);
+  if (run.resumed) logger.info('resuming an interrupted rebuild', { schema, runId: run.id, finishedTypes: [...run.finished.keys()] });
+
   const types: RebuiltType[] = [];
   let aborted = false;
   for (const index of indexes) {
     if (options.signal?.aborted === true) {
       aborted = true;
       break;
+    }
+    const finishedObjects = run.finished.get(index.objectType);
+    if (finishedObjects !== undefined) {
+      types.push({
+        objectType: index.objectType,
+        objects: finishedObjects,
+        rows: 0,
+        staleRowsRemoved: 0,
+        failed: 0,
+        resumed: true,
+        skipped: true,
+      });
+      continue;
     }
     const result = await rebuildType(db, outboxSchema, registry, schema, index, chunkSize, options, logger);
     if (result === undefined) {
@@ -129,38 +153,31 @@ async function rebuildType(
 ): Promise<RebuiltType | undefined> {
   const progressTable = table(outboxSchema, PROGRESS_TABLE);
   const total = await countRows(db, schema, index);
-  const start = await startProgress(db, outboxSchema, schema, index.objectType, options.restart === true);
+  const start = await readProgress(db, outboxSchema, schema, index.objectType);
   let lastKey = start.lastKey;
   let done = start.objects;
   let rows = 0;
   let failed = 0;
+  let currentChunkSize = chunkSize;
 
   for (;;) {
     if (options.signal?.aborted === true) return undefined;
-    const chunk = await db.transaction().execute(async (trx) => {
-      const keys = await selectKeyChunk(schema, index, lastKey, chunkSize).execute(trx);
-      const objectKeys: ObjectKey[] = keys.rows.map((row) => ({
+    let chunk: { objects: number; rows: number; failed: number; lastKey: string | null };
+    try {
+      chunk = await rebuildChunk(db, outboxSchema, registry, schema, index, lastKey, currentChunkSize, logger);
+    } catch (error) {
+      if (!isOutOfSharedMemory(error) || currentChunkSize === 1) throw error;
+      const smaller = Math.floor(currentChunkSize / 2);
+      logger.warn('rebuild chunk ran out of shared memory for its object locks and was rolled back; retrying with a smaller chunk', {
         schema,
         objectType: index.objectType,
-        objectId: row.object_id,
-      }));
-      if (objectKeys.length === 0) return { objects: 0, rows: 0, failed: 0, lastKey };
-
-      await lockObjects(trx, objectKeys);
-      const counts = new Map<string, number>();
-      const failures: { object: ObjectKey; error: unknown }[] = [];
-      await replaceObjectsIsolated(trx, registry, schema, objectKeys, counts, failures);
-      await handOverFailures(trx, outboxSchema, registry, schema, index, failures, logger);
-      const chunkLastKey = objectKeys[objectKeys.length - 1]?.objectId ?? null;
-      await sql`
-        UPDATE ${progressTable}
-        SET last_key = ${chunkLastKey}, objects = objects + ${objectKeys.length}, updated_at = now()
-        WHERE target_schema = ${schema} AND object_type = ${index.objectType}
-      `.execute(trx);
-      let chunkRows = 0;
-      for (const count of counts.values()) chunkRows += count;
-      return { objects: objectKeys.length, rows: chunkRows, failed: failures.length, lastKey: chunkLastKey };
-    });
+        chunkSize: currentChunkSize,
+        nextChunkSize: smaller,
+        error: errorMessage(error),
+      });
+      currentChunkSize = smaller;
+      continue;
+    }
     if (chunk.objects === 0) break;
     lastKey = chunk.lastKey;
     done += chunk.objects;
@@ -169,16 +186,7 @@ async function rebuildType(
     options.onProgress?.({ objectType: index.objectType, done, total: Math.max(total, done) });
   }
 
-  // Rows of objects that no longer exist. A drain that adds rows for an
-  // object created meanwhile is safe: that object exists in this statement's
-  // snapshot, or its rows are not visible to it.
-  const stale = await sql`
-    DELETE FROM ${table(schema, CACHE_TABLE)} AS c
-    WHERE c.object_type = ${index.objectType}
-      AND NOT EXISTS (
-        SELECT 1 FROM ${table(schema, index.table)} AS t WHERE t.${sql.id(index.primaryKey)}::text = c.object_id
-      )
-  `.execute(db);
+  const staleRowsRemoved = await removeStaleRows(db, schema, index, currentChunkSize);
   await sql`
     UPDATE ${progressTable} SET finished_at = now(), updated_at = now()
     WHERE target_schema = ${schema} AND object_type = ${index.objectType}
@@ -188,10 +196,90 @@ async function rebuildType(
     objectType: index.objectType,
     objects: done,
     rows,
-    staleRowsRemoved: Number(stale.numAffectedRows ?? 0),
+    staleRowsRemoved,
     failed,
-    resumed: start.resumed,
+    resumed: start.lastKey !== null,
+    skipped: false,
   };
+}
+
+/** Rebuilds the objects after `lastKey`, at most `chunkSize` of them, in one transaction that also records the progress. */
+async function rebuildChunk(
+  db: Kysely<any>,
+  outboxSchema: string,
+  registry: IndexRegistry,
+  schema: string,
+  index: ResolvedIndex,
+  lastKey: string | null,
+  chunkSize: number,
+  logger: Logger,
+): Promise<{ objects: number; rows: number; failed: number; lastKey: string | null }> {
+  return db.transaction().execute(async (trx) => {
+    const keys = await selectKeyChunk(schema, index, lastKey, chunkSize).execute(trx);
+    const objectKeys: ObjectKey[] = keys.rows.map((row) => ({
+      schema,
+      objectType: index.objectType,
+      objectId: row.object_id,
+    }));
+    if (objectKeys.length === 0) return { objects: 0, rows: 0, failed: 0, lastKey };
+
+    await lockObjects(trx, objectKeys);
+    const counts = new Map<string, number>();
+    const failures: { object: ObjectKey; error: unknown }[] = [];
+    await replaceObjectsIsolated(trx, registry, schema, objectKeys, counts, failures);
+    await handOverFailures(trx, outboxSchema, registry, schema, index, failures, logger);
+    const chunkLastKey = objectKeys[objectKeys.length - 1]?.objectId ?? null;
+    await sql`
+      UPDATE ${table(outboxSchema, PROGRESS_TABLE)}
+      SET last_key = ${chunkLastKey}, objects = objects + ${objectKeys.length}, updated_at = now()
+      WHERE target_schema = ${schema} AND object_type = ${index.objectType}
+    `.execute(trx);
+    let chunkRows = 0;
+    for (const count of counts.values()) chunkRows += count;
+    return { objects: objectKeys.length, rows: chunkRows, failed: failures.length, lastKey: chunkLastKey };
+  });
+}
+
+/**
+ * Removes the cache rows of objects that no longer exist, at most `chunkSize`
+ * objects per transaction. It takes the object locks first, like the drain,
+ * so that a drain deleting rows of the same objects waits instead of
+ * deadlocking, and it checks again under the locks that each object is
+ * still gone. Returns the number of rows removed.
+ */
+async function removeStaleRows(db: Kysely<any>, schema: string, index: ResolvedIndex, chunkSize: number): Promise<number> {
+  const cache = table(schema, CACHE_TABLE);
+  const source = table(schema, index.table);
+  const primaryKey = sql.id(index.primaryKey);
+  let removed = 0;
+  let afterId = '';
+  for (;;) {
+    const batch = await db.transaction().execute(async (trx) => {
+      const stale = await sql<{ object_id: string }>`
+        SELECT DISTINCT c.object_id FROM ${cache} AS c
+        WHERE c.object_type = ${index.objectType} AND c.object_id > ${afterId}
+          AND NOT EXISTS (SELECT 1 FROM ${source} AS t WHERE t.${primaryKey}::text = c.object_id)
+        ORDER BY c.object_id
+        LIMIT ${chunkSize}
+      `.execute(trx);
+      const ids = stale.rows.map((row) => row.object_id);
+      if (ids.length === 0) return { ids, rows: 0 };
+      await lockObjects(
+        trx,
+        ids.map((objectId) => ({ schema, objectType: index.objectType, objectId })),
+      );
+      const deleted = await sql`
+        DELETE FROM ${cache} AS c
+        WHERE c.object_type = ${index.objectType} AND c.object_id = ANY(${ids}::text[])
+          AND NOT EXISTS (SELECT 1 FROM ${source} AS t WHERE t.${primaryKey}::text = c.object_id)
+      `.execute(trx);
+      return { ids, rows: Number(deleted.numAffectedRows ?? 0) };
+    });
+    removed += batch.rows;
+    const last = batch.ids[batch.ids.length - 1];
+    if (last === undefined || batch.ids.length < chunkSize) return removed;
+    afterId = last;
+  }
 }
 
 /**
@@ -221,29 +309,77 @@ async function handOverFailures(
   }
 }
 
-/** Continues an unfinished rebuild of the type, or records the start of a new one. */
-async function startProgress(
+interface RebuildRun {
+  readonly id: string;
+  /** True when this run continues an interrupted run of the same types. */
+  readonly resumed: boolean;
+  /** Types that the interrupted run finished, with their object counts. */
+  readonly finished: ReadonlyMap<string, number>;
+}
+
+/**
+ * Continues an interrupted rebuild of the same types in the same schema, or
+ * starts a new run. A new run takes over the progress row of every type:
+ * an unfinished type keeps its last key (it resumes) unless `restart` is
+ * set, and every other type starts from the beginning.
+ */
+async function startRun(
+  db: Kysely<any>,
+  outboxSchema: string,
+  schema: string,
+  indexes: readonly ResolvedIndex[],
+  restart: boolean,
+): Promise<RebuildRun> {
+  const progressTable = table(outboxSchema, PROGRESS_TABLE);
+  const runKey = indexes
+    .map((index) => index.objectType)
+    .sort()
+    .join(',');
+  if (!restart) {
+    const rows = await sql<{ run_id: string; object_type: string; objects: string; finished_at: Date | null }>`
+      SELECT run_id, object_type, objects, finished_at FROM ${progressTable}
+      WHERE target_schema = ${schema} AND run_id = (
+        SELECT run_id FROM ${progressTable}
+        WHERE target_schema = ${schema} AND run_key = ${runKey} AND finished_at IS NULL AND run_id IS NOT NULL
+        ORDER BY updated_at DESC
+        LIMIT 1
+      )
+    `.execute(db);
+    const first = rows.rows[0];
+    if (first !== undefined) {
+      const finished = new Map<string, number>();
+      for (const row of rows.rows) if (row.finished_at !== null) finished.set(row.object_type, Number(row.objects));
+      return { id: first.run_id, resumed: true, finished };
+    }
+  }
+
+  const id = randomUUID();
+  await sql`
+    INSERT INTO ${progressTable} AS p (target_schema, object_type, run_key, run_id)
+    SELECT ${schema}, object_type, ${runKey}, ${id} FROM unnest(${indexes.map((index) => index.objectType)}::text[]) AS object_type
+    ON CONFLICT (target_schema, object_type) DO UPDATE
+    SET run_key = EXCLUDED.run_key, run_id = EXCLUDED.run_id, updated_at = now(),
+        last_key = CASE WHEN ${restart}::boolean OR p.finished_at IS NOT NULL THEN NULL ELSE p.last_key END,
+        objects = CASE WHEN ${restart}::boolean OR p.finished_at IS NOT NULL OR p.last_key IS NULL THEN 0 ELSE p.objects END,
+        started_at = CASE WHEN ${restart}::boolean OR p.finished_at IS NOT NULL OR p.last_key IS NULL THEN now() ELSE p.started_at END,
+        finished_at = NULL
+  `.execute(db);
+  return { id, resumed: false, finished: new Map() };
+}
+
+/** Reads where the type's rebuild stands: its last key (null to start from the beginning) and objects done. */
+async function readProgress(
   db: Kysely<any>,
   outboxSchema: string,
   schema: string,
   objectType: string,
-  restart: boolean,
-): Promise<{ lastKey: string | null; objects: number; resumed: boolean }> {
-  const progressTable = table(outboxSchema, PROGRESS_TABLE);
-  const existing = await sql<{ last_key: string | null; objects: string; finished_at: Date | null }>`
-    SELECT last_key, objects, finished_at FROM ${progressTable}
+): Promise<{ lastKey: string | null; objects: number }> {
+  const result = await sql<{ last_key: string | null; objects: string }>`
+    SELECT last_key, objects FROM ${table(outboxSchema, PROGRESS_TABLE)}
     WHERE target_schema = ${schema} AND object_type = ${objectType}
   `.execute(db);
-  const row = existing.rows[0];
-  if (row !== undefined && row.finished_at === null && row.last_key !== null && !restart) {
-    return { lastKey: row.last_key, objects: Number(row.objects), resumed: true };
-  }
-  await sql`
-    INSERT INTO ${progressTable} (target_schema, object_type) VALUES (${schema}, ${objectType})
-    ON CONFLICT (target_schema, object_type) DO UPDATE
-    SET last_key = NULL, objects = 0, started_at = now(), updated_at = now(), finished_at = NULL
-  `.execute(db);
-  return { lastKey: null, objects: 0, resumed: false };
+  const row = result.rows[0];
+  return { lastKey: row?.last_key ?? null, objects: Number(row?.objects ?? 0) };
 }
 
 function resolveTypes(registry: IndexRegistry, objectTypes: readonly string[] | undefined): ResolvedIndex[] {
