@@ -3,6 +3,7 @@ import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { defineIndexes, DEFAULT_OUTBOX_SCHEMA, describeValue, IndexRegistry, type SearchIndex } from '@search-outbox/core';
 import { UsageError } from './errors.js';
+import { watchEventLoop } from './event-loop.js';
 import { isSchemaName, SCHEMA_NAME_RULE } from './options.js';
 
 /** Names of the configuration module looked up in the working directory when none is given. */
@@ -45,14 +46,34 @@ export async function loadConfig(source: ConfigSource, required: boolean): Promi
     return { path, indexes: defineIndexes([]), outboxSchema: DEFAULT_OUTBOX_SCHEMA, schema: 'public', cacheSchemas: ['public'] };
   }
 
-  let module: Record<string, unknown>;
+  return readConfigModule(path, await importConfigModule(path));
+}
+
+/**
+ * Imports the module at `path`. Throws a UsageError when the import fails,
+ * and when it is still pending once the event loop has nothing left to run,
+ * because nothing can settle it then.
+ */
+async function importConfigModule(path: string): Promise<Record<string, unknown>> {
+  const loading = import(pathToFileURL(path).href).then(
+    (module: Record<string, unknown>) => module,
+    (error: unknown) => {
+      const reason = error instanceof Error ? error.message : String(error);
+      throw new UsageError(`Cannot load the configuration module ${path}: ${reason}`, { cause: error });
+    },
+  );
+  const eventLoop = watchEventLoop();
+  const stalled = eventLoop.emptied.then((): never => {
+    throw new UsageError(
+      `Cannot load the configuration module ${path}: it never finished loading, because its import was still pending ` +
+        'when the process had nothing left to run (usually a top-level await on a promise that never settles)',
+    );
+  });
   try {
-    module = (await import(pathToFileURL(path).href)) as Record<string, unknown>;
-  } catch (error) {
-    const reason = error instanceof Error ? error.message : String(error);
-    throw new UsageError(`Cannot load the configuration module ${path}: ${reason}`, { cause: error });
+    return await Promise.race([loading, stalled]);
+  } finally {
+    eventLoop.dispose();
   }
-  return readConfigModule(path, module);
 }
 
 function findConfigFile(source: ConfigSource, required: boolean): string | undefined {

@@ -41,3 +41,12 @@ export function checkDatabaseUrl(source: string, url: string): string {
   }
   return url;
 }
+
+/**
+ * Returns `host:port` of a connection string that checkDatabaseUrl accepted,
+ * with pg's defaults (PGHOST, PGPORT, else localhost:5432) for missing parts.
+ */
+export function describeServer(url: string): string {
+  const client = new pg.Client({ connectionString: url });
+  return `${client.host}:${client.port}`;
+}

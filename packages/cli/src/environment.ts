@@ -7,6 +7,8 @@ export interface CliEnvironment {
   readonly databaseUrl: string | undefined;
   /** `SEARCH_OUTBOX_CONFIG`: path of the configuration module. */
   readonly configPath: string | undefined;
+  /** `SEARCH_OUTBOX_CONNECT_TIMEOUT`: seconds to wait for a database connection, as text that is checked when a command connects. */
+  readonly connectTimeout?: string | undefined;
   /** `SEARCH_OUTBOX_DEMO_DATA`: directory of the NetBox demo CSV files, for `demo`. */
   readonly demoDataDirectory: string | undefined;
   /** The directory relative paths are resolved against, and where the default configuration is looked up. */
@@ -19,6 +21,7 @@ export function readEnvironment(): CliEnvironment {
   return {
     databaseUrl: nonEmpty(process.env.DATABASE_URL),
     configPath: nonEmpty(process.env.SEARCH_OUTBOX_CONFIG),
+    connectTimeout: nonEmpty(process.env.SEARCH_OUTBOX_CONNECT_TIMEOUT),
     demoDataDirectory: nonEmpty(process.env.SEARCH_OUTBOX_DEMO_DATA),
     cwd: process.cwd(),
     interactive: process.stderr.isTTY === true,

@@ -9,9 +9,10 @@ import { registerRebuild } from './commands/rebuild.js';
 import { registerRetry } from './commands/retry.js';
 import { registerSearch } from './commands/search.js';
 import { registerStatus } from './commands/status.js';
-import { CommandContext, type CliStreams, type CommonOptions } from './context.js';
+import { CommandContext, CONNECT_TIMEOUT_RANGE, DEFAULT_CONNECT_TIMEOUT_SECONDS, type CliStreams, type CommonOptions } from './context.js';
 import type { CliEnvironment } from './environment.js';
 import { EXIT_FAILURE, EXIT_SUCCESS, exitCodeOf } from './errors.js';
+import { afterQueuedCallbacks, watchEventLoop } from './event-loop.js';
 import { LOG_LEVELS } from './logger.js';
 
 /** Runs one command; the returned number is the exit code. */
@@ -31,22 +32,35 @@ Exit codes:
 Environment:
   DATABASE_URL             PostgreSQL connection string, used when --database-url is not given
   SEARCH_OUTBOX_CONFIG     configuration module, used when --config is not given
+  SEARCH_OUTBOX_CONNECT_TIMEOUT
+                           seconds to wait for a database connection, used when --connect-timeout is not given
   SEARCH_OUTBOX_DEMO_DATA  directory of the NetBox demo CSV files for \`demo\`, used when --data is not given
                            (default: <repo>/../shared/data/netbox-demo, beside the repository)`;
 
 /**
  * Parses `argv` (without the node and script paths) and runs the command.
  * Errors are written to stderr and returned as an exit code, not thrown.
+ * A command still pending when the event loop has nothing left to run fails
+ * with exit code 1 and a message. Without this check, a binary that awaits
+ * runCli at the top level would end with Node's code 13 and no message.
  */
 export async function runCli(argv: readonly string[], environment: CliEnvironment, streams: CliStreams): Promise<number> {
   let exitCode = EXIT_SUCCESS;
   const build: CommandBuilder = (command, action, options = {}) => {
     command.option('--database-url <url>', 'PostgreSQL connection string (default: DATABASE_URL)');
+    // The commands with a configuration are those that connect through
+    // CommandContext.withOutbox, which applies the connection timeout.
     if (options.config !== false) {
-      command.option(
-        '--config <file>',
-        'configuration module exporting "indexes" (default: SEARCH_OUTBOX_CONFIG, else search-outbox.config.js or .mjs in the working directory)',
-      );
+      command
+        .option(
+          '--config <file>',
+          'configuration module exporting "indexes" (default: SEARCH_OUTBOX_CONFIG, else search-outbox.config.js or .mjs in the working directory)',
+        )
+        .option(
+          '--connect-timeout <seconds>',
+          `seconds to wait for a database connection, ${CONNECT_TIMEOUT_RANGE.min} to ${CONNECT_TIMEOUT_RANGE.max} ` +
+            `(default: SEARCH_OUTBOX_CONNECT_TIMEOUT, else ${DEFAULT_CONNECT_TIMEOUT_SECONDS})`,
+        );
     }
     command
       .option('--json', 'print the result as JSON on stdout')
@@ -61,8 +75,15 @@ export async function runCli(argv: readonly string[], environment: CliEnvironmen
   };
 
   const program = createProgram(streams, build);
+  const eventLoop = watchEventLoop();
   try {
-    await program.parseAsync(argv, { from: 'user' });
+    const stalled = eventLoop.emptied.then(afterQueuedCallbacks).then((): never => {
+      throw new Error(
+        'The command never finished: it was still waiting when the process had nothing left to run, ' +
+          'so nothing could settle what it awaited. Run it again with --log-level debug to see its last step',
+      );
+    });
+    await Promise.race([program.parseAsync(argv, { from: 'user' }), stalled]);
     return exitCode;
   } catch (error) {
     if (error instanceof CommanderError) {
@@ -78,6 +99,8 @@ export async function runCli(argv: readonly string[], environment: CliEnvironmen
       streams.stderr.write('hint: run `search-outbox migrate` first (with --cache-schema for each cache schema)\n');
     }
     return code;
+  } finally {
+    eventLoop.dispose();
   }
 }
 
