@@ -75,6 +75,12 @@ interface CollectedMarks {
 interface TransactionContext {
   /** Shared by a helper transaction and every call nested in it. */
   readonly collected: CollectedMarks;
+  /**
+   * Nested calls still running, shared like `collected`. The helper waits
+   * for them before it commits, so that a nested call the callback did not
+   * await still runs inside the transaction.
+   */
+  readonly running: Set<Promise<unknown>>;
   readonly trx: Transaction<any>;
   /** False once the transaction has ended; a callback that outlives it starts a new transaction. */
   open: boolean;
@@ -159,12 +165,20 @@ export class SearchOutbox {
     if (outer?.open === true) return this.#nestedTransaction(outer, callback);
 
     const collected: CollectedMarks = { transactionIds: new Set(), schemas: new Set(), objects: 0 };
+    const running = new Set<Promise<unknown>>();
     let context: TransactionContext | undefined;
     let result: T;
     try {
-      result = await this.db.transaction().execute((trx) => {
-        context = { collected, trx, open: true, nestedRunning: false };
-        return this.#context.run(context, () => callback(trx));
+      result = await this.db.transaction().execute(async (trx) => {
+        context = { collected, running, trx, open: true, nestedRunning: false };
+        const root = context;
+        try {
+          return await this.#context.run(root, () => callback(trx));
+        } finally {
+          // Their own callers receive their outcomes, so only their end matters here.
+          while (running.size > 0) await Promise.allSettled([...running]);
+          root.open = false;
+        }
       });
     } finally {
       if (context !== undefined) context.open = false;
@@ -212,7 +226,17 @@ export class SearchOutbox {
   }
 
   /** Runs a nested helper call as a savepoint of the outer helper transaction. */
-  async #nestedTransaction<T>(outer: TransactionContext, callback: (trx: Transaction<any>) => Promise<T>): Promise<T> {
+  #nestedTransaction<T>(outer: TransactionContext, callback: (trx: Transaction<any>) => Promise<T>): Promise<T> {
+    const nested = this.#runNested(outer, callback);
+    outer.running.add(nested);
+    const forget = (): void => {
+      outer.running.delete(nested);
+    };
+    nested.then(forget, forget);
+    return nested;
+  }
+
+  async #runNested<T>(outer: TransactionContext, callback: (trx: Transaction<any>) => Promise<T>): Promise<T> {
     if (outer.nestedRunning) {
       throw new SearchOutboxError(
         'A nested outbox.transaction() call started while another one was running in the same transaction; run nested calls one at a time',
@@ -220,7 +244,13 @@ export class SearchOutbox {
     }
     outer.nestedRunning = true;
     const savepoint = sql.id(`search_outbox_nested_${randomUUID().replaceAll('-', '')}`);
-    const inner: TransactionContext = { collected: outer.collected, trx: outer.trx, open: true, nestedRunning: false };
+    const inner: TransactionContext = {
+      collected: outer.collected,
+      running: outer.running,
+      trx: outer.trx,
+      open: true,
+      nestedRunning: false,
+    };
     try {
       await sql`SAVEPOINT ${savepoint}`.execute(outer.trx);
       try {
