@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { sql, type Kysely, type Transaction } from 'kysely';
 import { selectKeyChunk } from './cache-rows.js';
 import { validateInteger } from './drain.js';
@@ -22,9 +22,10 @@ export interface RebuildOptions {
   readonly chunkSize?: number;
   /**
    * Start over even when an earlier rebuild of a type stopped halfway.
-   * Default: false, so an interrupted rebuild resumes after its last chunk,
-   * and a rebuild of the same types skips the types that the interrupted
-   * run had finished.
+   * Default: false, so a rebuild of the same types with the same
+   * declarations resumes an interrupted one: it skips the types that run
+   * had finished and continues the unfinished type after its last chunk.
+   * Any other rebuild starts over and stops the interrupted run.
    */
   readonly restart?: boolean;
   /** Called after every chunk. */
@@ -118,7 +119,7 @@ export async function rebuildCache(
       });
       continue;
     }
-    const result = await rebuildType(db, outboxSchema, registry, schema, index, chunkSize, options, logger);
+    const result = await rebuildType(db, outboxSchema, registry, schema, index, chunkSize, run.id, options, logger);
     if (result === undefined) {
       aborted = true;
       break;
@@ -148,6 +149,7 @@ async function rebuildType(
   schema: string,
   index: ResolvedIndex,
   chunkSize: number,
+  runId: string,
   options: RebuildOptions,
   logger: Logger,
 ): Promise<RebuiltType | undefined> {
@@ -164,7 +166,7 @@ async function rebuildType(
     if (options.signal?.aborted === true) return undefined;
     let chunk: { objects: number; rows: number; failed: number; lastKey: string | null };
     try {
-      chunk = await rebuildChunk(db, outboxSchema, registry, schema, index, lastKey, currentChunkSize, logger);
+      chunk = await rebuildChunk(db, outboxSchema, registry, schema, index, lastKey, currentChunkSize, runId, logger);
     } catch (error) {
       if (!isOutOfSharedMemory(error) || currentChunkSize === 1) throw error;
       const smaller = Math.floor(currentChunkSize / 2);
@@ -186,10 +188,10 @@ async function rebuildType(
     options.onProgress?.({ objectType: index.objectType, done, total: Math.max(total, done) });
   }
 
-  const staleRowsRemoved = await removeStaleRows(db, schema, index, currentChunkSize);
+  const staleRowsRemoved = await removeStaleRows(db, schema, index, currentChunkSize, logger);
   await sql`
     UPDATE ${progressTable} SET finished_at = now(), updated_at = now()
-    WHERE target_schema = ${schema} AND object_type = ${index.objectType}
+    WHERE target_schema = ${schema} AND object_type = ${index.objectType} AND run_id = ${runId}
   `.execute(db);
 
   return {
@@ -212,6 +214,7 @@ async function rebuildChunk(
   index: ResolvedIndex,
   lastKey: string | null,
   chunkSize: number,
+  runId: string,
   logger: Logger,
 ): Promise<{ objects: number; rows: number; failed: number; lastKey: string | null }> {
   return db.transaction().execute(async (trx) => {
@@ -229,11 +232,18 @@ async function rebuildChunk(
     await replaceObjectsIsolated(trx, registry, schema, objectKeys, counts, failures);
     await handOverFailures(trx, outboxSchema, registry, schema, index, failures, logger);
     const chunkLastKey = objectKeys[objectKeys.length - 1]?.objectId ?? null;
-    await sql`
+    const recorded = await sql`
       UPDATE ${table(outboxSchema, PROGRESS_TABLE)}
       SET last_key = ${chunkLastKey}, objects = objects + ${objectKeys.length}, updated_at = now()
-      WHERE target_schema = ${schema} AND object_type = ${index.objectType}
+      WHERE target_schema = ${schema} AND object_type = ${index.objectType} AND run_id = ${runId}
     `.execute(trx);
+    if (Number(recorded.numAffectedRows ?? 0) === 0) {
+      // Rolls the chunk back: the run that took over rebuilds these objects.
+      throw new SearchOutboxError(
+        `Rebuild of ${index.objectType} in schema "${schema}" stopped: another rebuild run took over its progress ` +
+          '(a rebuild with restart, or of other types or declarations); that run continues it',
+      );
+    }
     let chunkRows = 0;
     for (const count of counts.values()) chunkRows += count;
     return { objects: objectKeys.length, rows: chunkRows, failed: failures.length, lastKey: chunkLastKey };
@@ -245,39 +255,64 @@ async function rebuildChunk(
  * objects per transaction. It takes the object locks first, like the drain,
  * so that a drain deleting rows of the same objects waits instead of
  * deadlocking, and it checks again under the locks that each object is
- * still gone. Returns the number of rows removed.
+ * still gone. A batch whose locks do not fit in the lock table is retried
+ * with half the size. Returns the number of rows removed.
  */
-async function removeStaleRows(db: Kysely<any>, schema: string, index: ResolvedIndex, chunkSize: number): Promise<number> {
+async function removeStaleRows(
+  db: Kysely<any>,
+  schema: string,
+  index: ResolvedIndex,
+  chunkSize: number,
+  logger: Logger,
+): Promise<number> {
   const cache = table(schema, CACHE_TABLE);
   const source = table(schema, index.table);
   const primaryKey = sql.id(index.primaryKey);
   let removed = 0;
-  let afterId = '';
+  let batchSize = chunkSize;
+  // Null before the first batch, so that an empty text key is not skipped.
+  let afterId: string | null = null;
   for (;;) {
-    const batch = await db.transaction().execute(async (trx) => {
-      const stale = await sql<{ object_id: string }>`
-        SELECT DISTINCT c.object_id FROM ${cache} AS c
-        WHERE c.object_type = ${index.objectType} AND c.object_id > ${afterId}
-          AND NOT EXISTS (SELECT 1 FROM ${source} AS t WHERE t.${primaryKey}::text = c.object_id)
-        ORDER BY c.object_id
-        LIMIT ${chunkSize}
-      `.execute(trx);
-      const ids = stale.rows.map((row) => row.object_id);
-      if (ids.length === 0) return { ids, rows: 0 };
-      await lockObjects(
-        trx,
-        ids.map((objectId) => ({ schema, objectType: index.objectType, objectId })),
-      );
-      const deleted = await sql`
-        DELETE FROM ${cache} AS c
-        WHERE c.object_type = ${index.objectType} AND c.object_id = ANY(${ids}::text[])
-          AND NOT EXISTS (SELECT 1 FROM ${source} AS t WHERE t.${primaryKey}::text = c.object_id)
-      `.execute(trx);
-      return { ids, rows: Number(deleted.numAffectedRows ?? 0) };
-    });
+    let batch: { ids: string[]; rows: number };
+    try {
+      batch = await db.transaction().execute(async (trx) => {
+        const stale = await sql<{ object_id: string }>`
+          SELECT DISTINCT c.object_id FROM ${cache} AS c
+          WHERE c.object_type = ${index.objectType}
+            AND (${afterId}::text IS NULL OR c.object_id > ${afterId}::text)
+            AND NOT EXISTS (SELECT 1 FROM ${source} AS t WHERE t.${primaryKey}::text = c.object_id)
+          ORDER BY c.object_id
+          LIMIT ${batchSize}
+        `.execute(trx);
+        const ids = stale.rows.map((row) => row.object_id);
+        if (ids.length === 0) return { ids, rows: 0 };
+        await lockObjects(
+          trx,
+          ids.map((objectId) => ({ schema, objectType: index.objectType, objectId })),
+        );
+        const deleted = await sql`
+          DELETE FROM ${cache} AS c
+          WHERE c.object_type = ${index.objectType} AND c.object_id = ANY(${ids}::text[])
+            AND NOT EXISTS (SELECT 1 FROM ${source} AS t WHERE t.${primaryKey}::text = c.object_id)
+        `.execute(trx);
+        return { ids, rows: Number(deleted.numAffectedRows ?? 0) };
+      });
+    } catch (error) {
+      if (!isOutOfSharedMemory(error) || batchSize === 1) throw error;
+      const smaller = Math.floor(batchSize / 2);
+      logger.warn('stale-row removal ran out of shared memory for its object locks and was rolled back; retrying with a smaller batch', {
+        schema,
+        objectType: index.objectType,
+        batchSize,
+        nextBatchSize: smaller,
+        error: errorMessage(error),
+      });
+      batchSize = smaller;
+      continue;
+    }
     removed += batch.rows;
     const last = batch.ids[batch.ids.length - 1];
-    if (last === undefined || batch.ids.length < chunkSize) return removed;
+    if (last === undefined || batch.ids.length < batchSize) return removed;
     afterId = last;
   }
 }
@@ -318,10 +353,10 @@ interface RebuildRun {
 }
 
 /**
- * Continues an interrupted rebuild of the same types in the same schema, or
- * starts a new run. A new run takes over the progress row of every type:
- * an unfinished type keeps its last key (it resumes) unless `restart` is
- * set, and every other type starts from the beginning.
+ * Continues an interrupted rebuild of the same types, with the same
+ * declarations, in the same schema, or starts a new run. A new run takes
+ * over the progress row of every type and starts each from the beginning,
+ * and a run that was taken over stops at its next chunk.
  */
 async function startRun(
   db: Kysely<any>,
@@ -331,8 +366,10 @@ async function startRun(
   restart: boolean,
 ): Promise<RebuildRun> {
   const progressTable = table(outboxSchema, PROGRESS_TABLE);
+  // A changed declaration changes the key, because rows rebuilt under the
+  // old one must be rebuilt again.
   const runKey = indexes
-    .map((index) => index.objectType)
+    .map((index) => `${index.objectType}:${createHash('sha256').update(JSON.stringify(index)).digest('hex').slice(0, 16)}`)
     .sort()
     .join(',');
   if (!restart) {
@@ -355,19 +392,16 @@ async function startRun(
 
   const id = randomUUID();
   await sql`
-    INSERT INTO ${progressTable} AS p (target_schema, object_type, run_key, run_id)
+    INSERT INTO ${progressTable} (target_schema, object_type, run_key, run_id)
     SELECT ${schema}, object_type, ${runKey}, ${id} FROM unnest(${indexes.map((index) => index.objectType)}::text[]) AS object_type
     ON CONFLICT (target_schema, object_type) DO UPDATE
-    SET run_key = EXCLUDED.run_key, run_id = EXCLUDED.run_id, updated_at = now(),
-        last_key = CASE WHEN ${restart}::boolean OR p.finished_at IS NOT NULL THEN NULL ELSE p.last_key END,
-        objects = CASE WHEN ${restart}::boolean OR p.finished_at IS NOT NULL OR p.last_key IS NULL THEN 0 ELSE p.objects END,
-        started_at = CASE WHEN ${restart}::boolean OR p.finished_at IS NOT NULL OR p.last_key IS NULL THEN now() ELSE p.started_at END,
-        finished_at = NULL
+    SET run_key = EXCLUDED.run_key, run_id = EXCLUDED.run_id, last_key = NULL, objects = 0,
+        started_at = now(), updated_at = now(), finished_at = NULL
   `.execute(db);
   return { id, resumed: false, finished: new Map() };
 }
 
-/** Reads where the type's rebuild stands: its last key (null to start from the beginning) and objects done. */
+/** Reads the type's progress: its last key (null to start from the beginning) and the objects done. */
 async function readProgress(
   db: Kysely<any>,
   outboxSchema: string,
