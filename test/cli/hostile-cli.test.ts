@@ -8,6 +8,7 @@ import { createSearchOutbox, migrate } from '@search-outbox/core';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';
+import { closedPort } from '../support/network.js';
 
 /**
  * Hostile arguments to the built `search-outbox` binary. Usage errors must
@@ -76,19 +77,6 @@ function expectCleanError(run: CliRun, label: string): void {
   expect(run.stderr, label).toMatch(/^error: /m);
   expect(run.stderr, label).not.toMatch(/^\s+at /m);
   expect(run.stderr, label).not.toMatch(/Unhandled|UnhandledPromiseRejection|node:internal/);
-}
-
-/** Returns a port on 127.0.0.1 with nothing listening: found free, then closed again. */
-function closedPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = createServer();
-    probe.on('error', reject);
-    probe.listen(0, '127.0.0.1', () => {
-      const address = probe.address();
-      const port = typeof address === 'object' && address !== null ? address.port : 0;
-      probe.close(() => resolve(port));
-    });
-  });
 }
 
 /** A TCP server on 127.0.0.1 that accepts connections and never sends a byte, like a hung PostgreSQL. */

@@ -1,5 +1,5 @@
-import { createSearchOutbox, inlineDispatcher, type SearchOutbox } from '@search-outbox/core';
-import { Kysely, PostgresDialect, sql } from 'kysely';
+import { createSearchOutbox, type SearchOutbox } from '@search-outbox/core';
+import { sql } from 'kysely';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';
@@ -17,7 +17,6 @@ import { expectedCacheLines, readSortedCache } from '../support/oracle.js';
 let database: TestDatabase;
 let logLines: LogLine[];
 let drainer: SearchOutbox;
-const pools: pg.Pool[] = [];
 
 beforeAll(async () => {
   database = await createTestDatabase('faults');
@@ -54,7 +53,6 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await Promise.all(pools.map((pool) => pool.end()));
   await database.destroy();
 });
 
@@ -66,15 +64,6 @@ beforeEach(async () => {
 afterEach(async () => {
   await sql`TRUNCATE commit_fault`.execute(database.db);
 });
-
-/** Opens a pool on the test database that gives up waiting for a connection after `connectionTimeoutMillis`. */
-function smallPool(max: number, connectionTimeoutMillis: number): { pool: pg.Pool; db: Kysely<any> } {
-  const pool = new pg.Pool({ connectionString: database.url, max, connectionTimeoutMillis });
-  pool.on('error', () => {});
-  pool.on('connect', (client) => client.on('error', () => {}));
-  pools.push(pool);
-  return { pool, db: new Kysely<any>({ dialect: new PostgresDialect({ pool }) }) };
-}
 
 /** Inserts sites 1..count, drains them, then renames them and marks them again, leaving `count` pending rows. */
 async function prepareRenamedSites(count: number): Promise<string[]> {
@@ -110,12 +99,8 @@ describe('drainer backend', () => {
   test('terminated mid-batch loses nothing', async () => {
     const before = await prepareRenamedSites(3);
     const applicationName = 'faults_mid_batch_drainer';
-    const pool = new pg.Pool({ connectionString: database.url, max: 1, application_name: applicationName });
-    pool.on('error', () => {});
-    pool.on('connect', (client) => client.on('error', () => {}));
-    pools.push(pool);
     const midBatch = createSearchOutbox({
-      db: new Kysely<any>({ dialect: new PostgresDialect({ pool }) }),
+      db: database.connect({ max: 1, applicationName }),
       indexes: FIXTURE_INDEXES,
       dispatcher: 'none',
       logger: capturingLogger(logLines),
@@ -200,7 +185,7 @@ describe('drainer COMMIT', () => {
   });
 
   test('that fails in the application commits nothing', async () => {
-    const { db } = smallPool(2, 0);
+    const { db } = database.connectPool({ max: 2 });
     const writer = createSearchOutbox({ db, indexes: FIXTURE_INDEXES, logger: capturingLogger(logLines) });
     await sql`
       CREATE TABLE deferred_site_check (
@@ -227,9 +212,9 @@ describe('drainer COMMIT', () => {
 
 describe('exhausted pool', () => {
   test('fails the inline drain, not the commit', async () => {
-    const { pool, db } = smallPool(2, 200);
+    const { pool, db } = database.connectPool({ max: 2, connectionTimeoutMillis: 200 });
     const writer = createSearchOutbox({ db, indexes: FIXTURE_INDEXES, logger: capturingLogger(logLines) });
-    const heldClients: pg.PoolClient[] = [];
+    const checkedOut: pg.PoolClient[] = [];
 
     const result = await writer.transaction(async (trx) => {
       await insertSites(trx, [fullSite(1, 'Committed Under Load')]);
@@ -237,12 +222,12 @@ describe('exhausted pool', () => {
       // Another request takes the pool's second connection, and a third
       // waits in the pool's queue. When this transaction releases its
       // connection, the waiting request receives it before the inline drain
-      // asks, so the drain finds no free connection and times out.
-      heldClients.push(await pool.connect());
-      void pool.connect().then((client) => heldClients.push(client));
+      // requests one, so the drain finds no free connection and times out.
+      checkedOut.push(await pool.connect());
+      void pool.connect().then((client) => checkedOut.push(client));
       return 'committed';
     });
-    heldClients.forEach((client) => client.release());
+    checkedOut.forEach((client) => client.release());
 
     expect(result).toBe('committed');
     expect(writer.stats).toEqual({ dispatched: 0, dispatchFailures: 1 });
@@ -258,14 +243,14 @@ describe('exhausted pool', () => {
   });
 
   test('fails a drain and changes nothing', async () => {
-    const { pool, db } = smallPool(1, 100);
+    const { pool, db } = database.connectPool({ max: 1, connectionTimeoutMillis: 100 });
     const starved = createSearchOutbox({ db, indexes: FIXTURE_INDEXES, dispatcher: 'none', logger: capturingLogger(logLines) });
     const before = await prepareRenamedSites(2);
-    const held = await pool.connect();
+    const onlyClient = await pool.connect();
     try {
       await expect(starved.drain()).rejects.toThrow(/timeout/i);
     } finally {
-      held.release();
+      onlyClient.release();
     }
 
     expect(await readSortedCache(database.db)).toEqual(before);
@@ -276,7 +261,7 @@ describe('exhausted pool', () => {
   });
 
   test('under many writers loses no committed change', async () => {
-    const { db } = smallPool(2, 50);
+    const { db } = database.connectPool({ max: 2, connectionTimeoutMillis: 50 });
     const writer = createSearchOutbox({ db, indexes: FIXTURE_INDEXES, logger: capturingLogger(logLines) });
     const ids = [1, 2, 3, 4, 5, 6, 7, 8];
     await insertSites(database.db, ids.map((id) => fullSite(id, `Site ${id}`)));

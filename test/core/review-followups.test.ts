@@ -3,7 +3,8 @@ import { startLocalPostgres, type LocalPostgres } from '@search-outbox/local-pos
 import { Kysely, PostgresDialect, sql } from 'kysely';
 import pg from 'pg';
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from 'vitest';
-import { createTestDatabase, type TestDatabase } from '../support/database.js';
+import { createTestDatabase, openTolerantPool, type TestDatabase } from '../support/database.js';
+import { fillLockTable } from '../support/lock-table.js';
 import { countOutbox, createFixtureTables, FIXTURE_INDEXES, fullSite, insertSites } from '../support/fixtures.js';
 import { capturingLogger, type LogLine } from '../support/logger.js';
 import { expectedCacheLines, readSortedCache } from '../support/oracle.js';
@@ -22,7 +23,6 @@ const ORACLE_TYPES = ['dcim.site', 'dcim.region', 'dcim.device', 'dcim.virtualch
 
 let database: TestDatabase;
 let outbox: SearchOutbox;
-const pools: pg.Pool[] = [];
 
 beforeAll(async () => {
   database = await createTestDatabase('review_followups');
@@ -32,7 +32,6 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await Promise.all(pools.map((pool) => pool.end()));
   await database.destroy();
 });
 
@@ -41,20 +40,6 @@ beforeEach(async () => {
     TRUNCATE search_outbox.outbox, search_outbox.rebuild_progress, search_cache, device, site, region, virtual_chassis
   `.execute(database.db);
 });
-
-/** Opens a pool whose sessions carry `applicationName`. A `connectionTimeoutMillis` of 0 waits for a free connection forever. */
-function openPool(options: { max: number; applicationName?: string; connectionTimeoutMillis?: number }): Kysely<any> {
-  const pool = new pg.Pool({
-    connectionString: database.url,
-    max: options.max,
-    application_name: options.applicationName,
-    connectionTimeoutMillis: options.connectionTimeoutMillis ?? 0,
-  });
-  pool.on('error', () => {});
-  pool.on('connect', (client) => client.on('error', () => {}));
-  pools.push(pool);
-  return new Kysely<any>({ dialect: new PostgresDialect({ pool }) });
-}
 
 function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
@@ -168,7 +153,7 @@ describe('nested helper calls', () => {
   });
 
   test('second outbox opens its own transaction', async () => {
-    const db = openPool({ max: 2, connectionTimeoutMillis: 500 });
+    const db = database.connect({ max: 2, connectionTimeoutMillis: 500 });
     const first = createSearchOutbox({ db, indexes: FIXTURE_INDEXES });
     const second = createSearchOutbox({ db, indexes: FIXTURE_INDEXES });
 
@@ -351,8 +336,8 @@ describe('dead rows retired by a later drain', () => {
     await insertNumberedSites(SITES);
     for (let id = 1; id <= SITES; id += 1) await insertDeadRow('public', 'dcim.site', String(id));
     await outbox.mark(database.db, 'dcim.site', Array.from({ length: SITES }, (_, position) => position + 1));
-    const first = createSearchOutbox({ db: openPool({ max: 2 }), indexes: FIXTURE_INDEXES, dispatcher: 'none' });
-    const second = createSearchOutbox({ db: openPool({ max: 2 }), indexes: FIXTURE_INDEXES, dispatcher: 'none' });
+    const first = createSearchOutbox({ db: database.connect({ max: 2 }), indexes: FIXTURE_INDEXES, dispatcher: 'none' });
+    const second = createSearchOutbox({ db: database.connect({ max: 2 }), indexes: FIXTURE_INDEXES, dispatcher: 'none' });
 
     const summaries = await Promise.all([first.drain({ batchSize: 3 }), second.drain({ batchSize: 3 })]);
 
@@ -378,7 +363,7 @@ describe('rebuild runs', () => {
     await outbox.rebuild({ objectTypes: ['dcim.site'] });
     const applicationName = 'review_followups_old_run';
     const oldRunner = createSearchOutbox({
-      db: openPool({ max: 2, applicationName }),
+      db: database.connect({ max: 2, applicationName }),
       indexes: FIXTURE_INDEXES,
       dispatcher: 'none',
     });
@@ -682,9 +667,7 @@ describe('stale-row removal on a full lock table', () => {
 
   beforeAll(async () => {
     server = await startLocalPostgres({ databaseUrl: null });
-    const pool = new pg.Pool({ connectionString: await server.createDatabase('stale_rows'), max: 2 });
-    pool.on('error', () => {});
-    pool.on('connect', (client) => client.on('error', () => {}));
+    const pool = openTolerantPool(await server.createDatabase('stale_rows'), { max: 2 });
     isolatedDb = new Kysely<any>({ dialect: new PostgresDialect({ pool }) });
   });
 
@@ -711,23 +694,7 @@ describe('stale-row removal on a full lock table', () => {
     await holder.connect();
     const outcomes: string[] = [];
     try {
-      let lockedKeys = 0;
-      for (;;) {
-        try {
-          await holder.query('SELECT count(pg_advisory_lock(7003, key)) FROM generate_series($1::int, $2::int) AS key', [
-            lockedKeys + 1,
-            lockedKeys + 1000,
-          ]);
-          lockedKeys += 1000;
-        } catch (error) {
-          expect((error as { code?: string }).code).toBe('53200');
-          break;
-        }
-      }
-      await holder.query('SELECT count(pg_advisory_unlock(7003, key)) FROM generate_series($1::int, $2::int) AS key', [
-        lockedKeys - 999,
-        lockedKeys,
-      ]);
+      await fillLockTable(holder, { classId: 7003, freeEntries: 1000 });
       // The chunks find no object left, so only the stale-row removal takes locks, all 3,000 in one transaction.
       outcomes.push(await settle(isolated.rebuild({ chunkSize: WIDGETS })));
       outcomes.push(await settle(isolated.rebuild({ chunkSize: WIDGETS })));

@@ -1,6 +1,5 @@
 import { createSearchOutbox, type SearchOutbox } from '@search-outbox/core';
-import { Kysely, PostgresDialect, sql } from 'kysely';
-import pg from 'pg';
+import { sql } from 'kysely';
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';
 import { countOutbox, createFixtureTables, FIXTURE_INDEXES, fullSite, insertSites } from '../support/fixtures.js';
@@ -14,7 +13,6 @@ import { capturingLogger, type LogLine } from '../support/logger.js';
 
 let database: TestDatabase;
 let drainer: SearchOutbox;
-const pools: pg.Pool[] = [];
 
 beforeAll(async () => {
   database = await createTestDatabase('transaction_helper');
@@ -24,22 +22,12 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await Promise.all(pools.map((pool) => pool.end()));
   await database.destroy();
 });
 
 beforeEach(async () => {
   await sql`TRUNCATE search_outbox.outbox, search_cache, device, site`.execute(database.db);
 });
-
-/** Opens a pool of `max` connections that gives up waiting for a free one after `connectionTimeoutMillis`. */
-function openPool(max: number, connectionTimeoutMillis: number): Kysely<any> {
-  const pool = new pg.Pool({ connectionString: database.url, max, connectionTimeoutMillis });
-  pool.on('error', () => {});
-  pool.on('connect', (client) => client.on('error', () => {}));
-  pools.push(pool);
-  return new Kysely<any>({ dialect: new PostgresDialect({ pool }) });
-}
 
 async function readSiteNames(): Promise<string[]> {
   const result = await sql<{ name: string }>`SELECT name FROM site ORDER BY id`.execute(database.db);
@@ -84,7 +72,7 @@ describe('nested transaction helper calls', () => {
   });
 
   test('nested call on one-connection pool', async () => {
-    const helper = createSearchOutbox({ db: openPool(1, 500), indexes: FIXTURE_INDEXES });
+    const helper = createSearchOutbox({ db: database.connect({ max: 1, connectionTimeoutMillis: 500 }), indexes: FIXTURE_INDEXES });
 
     const outcome = await helper
       .transaction(async (outer) => {
@@ -305,7 +293,7 @@ describe('failures after the commit', () => {
 
 describe('transaction helper on a one-connection pool', () => {
   test('concurrent calls on one connection', async () => {
-    const helper = createSearchOutbox({ db: openPool(1, 10_000), indexes: FIXTURE_INDEXES });
+    const helper = createSearchOutbox({ db: database.connect({ max: 1, connectionTimeoutMillis: 10_000 }), indexes: FIXTURE_INDEXES });
     const CALLS = 12;
 
     const results = await Promise.all(

@@ -1,14 +1,23 @@
-import { createServer } from 'node:net';
 import { Logger } from '@aws-lambda-powertools/logger';
 import { Metrics } from '@aws-lambda-powertools/metrics';
 import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { createSearchOutbox } from '@search-outbox/core';
-import { createDrainerDatabase, createDrainerHandlers, readDrainerConfig, type DrainerHandlers } from '@search-outbox/lambda';
-import type { Context, SQSEvent } from 'aws-lambda';
+import {
+  createDrainerDatabase,
+  createDrainerHandlers,
+  createLambdaContext,
+  createScheduledEvent,
+  NUDGE_KIND,
+  readDrainerConfig,
+  toRecord,
+  type DrainerHandlers,
+} from '@search-outbox/lambda';
+import type { SQSEvent } from 'aws-lambda';
 import { mockClient } from 'aws-sdk-client-mock';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test, vi } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';
 import { createFixtureTables, FIXTURE_INDEXES } from '../support/fixtures.js';
+import { closedPort } from '../support/network.js';
 
 /**
  * The drainer must never write a password, token or connection string to
@@ -61,56 +70,31 @@ function urlWithWrongPassword(): string {
   return url.toString();
 }
 
-function closedPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = createServer();
-    probe.on('error', reject);
-    probe.listen(0, '127.0.0.1', () => {
-      const address = probe.address();
-      const port = typeof address === 'object' && address !== null ? address.port : 0;
-      probe.close(() => resolve(port));
-    });
-  });
-}
-
-function lambdaContext(): Context {
-  const deadline = Date.now() + 30_000;
-  return {
-    callbackWaitsForEmptyEventLoop: false,
-    functionName: 'search-outbox-drainer',
-    functionVersion: '$LATEST',
-    invokedFunctionArn: 'arn:aws:lambda:us-east-1:000000000000:function:search-outbox-drainer',
-    memoryLimitInMB: '256',
-    awsRequestId: 'request-secret-logging',
-    logGroupName: '/aws/lambda/search-outbox-drainer',
-    logStreamName: 'test',
-    getRemainingTimeInMillis: () => Math.max(0, deadline - Date.now()),
-    done: () => {},
-    fail: () => {},
-    succeed: () => {},
-  };
-}
-
+/** An SQS event of one nudge, whose drain fails to connect like the other handlers. */
 const SQS_EVENT: SQSEvent = {
   Records: [
-    {
-      messageId: 'message-1',
-      receiptHandle: 'receipt-1',
-      body: JSON.stringify({ kind: 'search-outbox.nudge', version: 1, schemas: ['public'], objects: 1, transactionIds: ['1'], sentAt: new Date().toISOString() }),
-      attributes: {
-        ApproximateReceiveCount: '1',
-        SentTimestamp: String(Date.now()),
-        SenderId: 'AIDAEXAMPLE',
-        ApproximateFirstReceiveTimestamp: String(Date.now()),
+    toRecord(
+      {
+        MessageId: 'message-1',
+        ReceiptHandle: 'receipt-1',
+        MD5OfBody: 'not-checked',
+        Body: JSON.stringify({ kind: NUDGE_KIND, version: 1, schemas: ['public'], objects: 1, transactionIds: ['1'], sentAt: new Date().toISOString() }),
+        Attributes: {
+          ApproximateReceiveCount: '1',
+          SentTimestamp: String(Date.now()),
+          SenderId: 'AIDAEXAMPLE',
+          ApproximateFirstReceiveTimestamp: String(Date.now()),
+        },
       },
-      messageAttributes: {},
-      md5OfBody: 'not-checked',
-      eventSource: 'aws:sqs',
-      eventSourceARN: 'arn:aws:sqs:us-east-1:000000000000:drainer',
-      awsRegion: 'us-east-1',
-    },
+      'arn:aws:sqs:us-east-1:000000000000:drainer',
+      'us-east-1',
+    ),
   ],
 };
+
+function lambdaContext() {
+  return createLambdaContext({ functionName: 'search-outbox-drainer', timeoutMs: 30_000 });
+}
 
 function handlersFrom(environment: Record<string, string>, database?: DrainerHandlers['database']): DrainerHandlers {
   const handlers = createDrainerHandlers({
@@ -131,10 +115,7 @@ async function runFailingHandlers(handlers: DrainerHandlers): Promise<string> {
     thrown.push(String(error), (error as Error | undefined)?.stack ?? '');
   };
   await handlers.invoke({ action: 'status' }, lambdaContext()).catch(record);
-  await handlers.schedule(
-    { version: '0', id: 'e', 'detail-type': 'Scheduled Event', source: 'aws.events', account: '0', time: '', region: 'us-east-1', resources: [], detail: {} },
-    lambdaContext(),
-  ).catch(record);
+  await handlers.schedule(createScheduledEvent(), lambdaContext()).catch(record);
   const response = await handlers.sqs(SQS_EVENT, lambdaContext()).catch(record);
   expect(thrown.length + (response?.batchItemFailures.length ?? 0)).toBeGreaterThan(0);
   // The capture must hold the handlers' own log lines, or the checks below prove nothing.

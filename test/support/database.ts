@@ -3,18 +3,48 @@ import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
 import { inject } from 'vitest';
 
+/** Settings of a test pool. */
+export interface TestPoolOptions {
+  /** Default: 10. */
+  readonly max?: number;
+  /** Time to wait for a free or new connection before failing, in milliseconds. Default: no limit. */
+  readonly connectionTimeoutMillis?: number;
+  /** `application_name` of the sessions, so that a test can find them in pg_stat_activity. */
+  readonly applicationName?: string;
+}
+
+/**
+ * Opens a pool whose connections may be terminated without crashing the
+ * test: tests terminate backends and restart servers on purpose, and pg
+ * emits 'error' on such a connection. The query in flight, if any, still
+ * rejects.
+ */
+export function openTolerantPool(connectionString: string, options: TestPoolOptions = {}): pg.Pool {
+  const pool = new pg.Pool({
+    connectionString,
+    max: options.max ?? 10,
+    ...(options.connectionTimeoutMillis === undefined ? {} : { connectionTimeoutMillis: options.connectionTimeoutMillis }),
+    ...(options.applicationName === undefined ? {} : { application_name: options.applicationName }),
+  });
+  pool.on('error', () => {});
+  pool.on('connect', (client) => client.on('error', () => {}));
+  return pool;
+}
+
 /** A fresh database on the test server, with a Kysely instance on a pool. */
 export interface TestDatabase {
   readonly url: string;
   readonly name: string;
   readonly db: Kysely<any>;
   /** Opens another pool on the same database, closed by `destroy`. */
-  connect(options?: { max?: number }): Kysely<any>;
+  connect(options?: TestPoolOptions): Kysely<any>;
+  /** Like `connect`, and also returns the pg pool, for tests that check out its clients. */
+  connectPool(options?: TestPoolOptions): { pool: pg.Pool; db: Kysely<any> };
   destroy(): Promise<void>;
 }
 
 /** Creates a database named after `label` plus a random suffix, so test files never share one. */
-export async function createTestDatabase(label: string, options: { max?: number } = {}): Promise<TestDatabase> {
+export async function createTestDatabase(label: string, options: TestPoolOptions = {}): Promise<TestDatabase> {
   const serverUrl = inject('postgresUrl');
   const name = `t_${label.replace(/[^a-z0-9_]/g, '_').slice(0, 40)}_${randomBytes(4).toString('hex')}`;
   const admin = new pg.Client({ connectionString: serverUrl });
@@ -29,17 +59,14 @@ export async function createTestDatabase(label: string, options: { max?: number 
   const databaseUrl = url.toString();
 
   const instances: Kysely<any>[] = [];
-  const connect = (connectOptions: { max?: number } = {}): Kysely<any> => {
-    const pool = new pg.Pool({ connectionString: databaseUrl, max: connectOptions.max ?? 10 });
-    // Tests terminate backends on purpose, and DROP DATABASE WITH (FORCE)
-    // terminates connections that are still closing. pg emits 'error' on
-    // such a connection; the query in flight, if any, still rejects.
-    pool.on('error', () => {});
-    pool.on('connect', (client) => client.on('error', () => {}));
+  // DROP DATABASE WITH (FORCE) also terminates connections that are still closing.
+  const connectPool = (connectOptions: TestPoolOptions = {}): { pool: pg.Pool; db: Kysely<any> } => {
+    const pool = openTolerantPool(databaseUrl, connectOptions);
     const instance = new Kysely<any>({ dialect: new PostgresDialect({ pool }) });
     instances.push(instance);
-    return instance;
+    return { pool, db: instance };
   };
+  const connect = (connectOptions: TestPoolOptions = {}): Kysely<any> => connectPool(connectOptions).db;
   const db = connect(options);
 
   return {
@@ -47,6 +74,7 @@ export async function createTestDatabase(label: string, options: { max?: number 
     name,
     db,
     connect,
+    connectPool,
     destroy: async () => {
       await Promise.all(instances.map((instance) => instance.destroy()));
       await dropDatabase(serverUrl, name);
