@@ -13,6 +13,7 @@ import { startLocalPostgres, type LocalPostgres } from '@search-outbox/local-pos
 import { Kysely, PostgresDialect, sql } from 'kysely';
 import pg from 'pg';
 import { afterAll, beforeAll, expect, test } from 'vitest';
+import { openTolerantPool } from '../support/database.js';
 import { countOutbox, createFixtureTables, FIXTURE_INDEXES, fullSite, insertSites } from '../support/fixtures.js';
 import { capturingLogger, type LogLine } from '../support/logger.js';
 import { expectedCacheLines, readSortedCache } from '../support/oracle.js';
@@ -32,12 +33,9 @@ let writerDb: Kysely<any>;
 let handlers: DrainerHandlers;
 const logLines: LogLine[] = [];
 
+/** Opens a pool that survives the restart, which ends every connection. */
 function errorTolerantPool(max: number): pg.Pool {
-  const pool = new pg.Pool({ connectionString: databaseUrl, max, connectionTimeoutMillis: 2_000 });
-  // The restart ends every connection; pg emits 'error' on idle clients then.
-  pool.on('error', () => {});
-  pool.on('connect', (client) => client.on('error', () => {}));
-  return pool;
+  return openTolerantPool(databaseUrl, { max, connectionTimeoutMillis: 2_000 });
 }
 
 beforeAll(async () => {
@@ -152,3 +150,11 @@ test('drain loop survives a PostgreSQL restart', async () => {
   expect(last.status).toMatchObject({ pending: 0, failed: 0, dead: 0 });
   expect(await sql<{ ok: number }>`SELECT 1 AS ok`.execute(admin)).toMatchObject({ rows: [{ ok: 1 }] });
 }, 120_000);
+
+test('restart rejects a server it did not start', async () => {
+  // Wrapping a DATABASE_URL server opens no connection, so this port is never reached.
+  const external = await startLocalPostgres({ databaseUrl: 'postgres://someone@127.0.0.1:1/app' });
+
+  expect(external.embedded).toBe(false);
+  await expect(external.restart()).rejects.toThrow(/Cannot restart the server named by DATABASE_URL/);
+});
