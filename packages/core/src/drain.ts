@@ -253,8 +253,8 @@ export class Drainer {
 
   /**
    * Deletes the claimed rows that are done, and the dead rows of the objects
-   * rebuilt in this batch. A dead row stands for a change that failed to
-   * drain; a successful rebuild read the object after that change, so the
+   * rebuilt in this batch. A dead row records a change that failed to
+   * drain. A successful rebuild read the object after that change, so the
    * row has nothing left to do. A dead row that another transaction has
    * locked (a concurrent retry or claim) is skipped rather than waited for,
    * because that transaction may be waiting for this batch's object locks.
